@@ -1,0 +1,69 @@
+"""The algorithms gymflow trains, by name. Pure data here; the classes are imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What gymflow needs to know about one algorithm before importing it."""
+
+    name: str
+    module: str
+    cls: str
+    default_policy: str
+    on_policy: bool
+    schedule_keys: tuple[str, ...] = ("learning_rate",)
+
+    def load(self) -> type[Any]:
+        """Import and return the algorithm class."""
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+_SB3 = "stable_baselines3"
+_CONTRIB = "sb3_contrib"
+_PPO_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
+
+ALGORITHMS: dict[str, AlgorithmInfo] = {
+    info.name: info
+    for info in (
+        AlgorithmInfo("ppo", _SB3, "PPO", "MlpPolicy", True, _PPO_SCHEDULES),
+        AlgorithmInfo("a2c", _SB3, "A2C", "MlpPolicy", True),
+        AlgorithmInfo("dqn", _SB3, "DQN", "MlpPolicy", False),
+        AlgorithmInfo("sac", _SB3, "SAC", "MlpPolicy", False),
+        AlgorithmInfo("td3", _SB3, "TD3", "MlpPolicy", False),
+        AlgorithmInfo("ddpg", _SB3, "DDPG", "MlpPolicy", False),
+        AlgorithmInfo("tqc", _CONTRIB, "TQC", "MlpPolicy", False),
+        AlgorithmInfo("qrdqn", _CONTRIB, "QRDQN", "MlpPolicy", False),
+        AlgorithmInfo("trpo", _CONTRIB, "TRPO", "MlpPolicy", True),
+        AlgorithmInfo("recurrentppo", _CONTRIB, "RecurrentPPO", "MlpLstmPolicy", True, _PPO_SCHEDULES),
+        AlgorithmInfo("ars", _CONTRIB, "ARS", "LinearPolicy", True, ("learning_rate", "delta_std")),
+    )
+}
+
+ALIASES: dict[str, str] = {
+    "qr-dqn": "qrdqn",
+    "qr_dqn": "qrdqn",
+    "recurrent_ppo": "recurrentppo",
+    "recurrent-ppo": "recurrentppo",
+    "ppo_lstm": "recurrentppo",
+    "ppo-lstm": "recurrentppo",
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """The canonical algorithm name for `name` (any case, aliases allowed), or None."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    return key if key in ALGORITHMS else None
+
+
+def get(name: str) -> AlgorithmInfo:
+    """The AlgorithmInfo of a known algorithm name; KeyError otherwise."""
+    key = canonical_name(name)
+    if key is None:
+        raise KeyError(name)
+    return ALGORITHMS[key]

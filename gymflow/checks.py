@@ -1,0 +1,148 @@
+"""Checks of a spec that need imports: env ids, wrappers, hyperparameter names, spaces.
+
+``gymflow.spec`` checks shapes and values; this module checks the spec against the
+installed libraries, so that a typo fails in ``gymflow validate``, not on a GPU VM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from difflib import get_close_matches
+from functools import lru_cache
+from typing import Any
+
+from gymflow import algorithms
+from gymflow.errors import Problem
+from gymflow.spec import ENTRY_POINT_RE, AlgorithmSpec, EnvSpec
+
+logger = logging.getLogger(__name__)
+
+# Constructor arguments gymflow sets itself, and the zoo keys it understands on top.
+_RESERVED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model", "supported_action_spaces"}
+_ZOO_EXTRAS = {"noise_type", "noise_std"}
+_NOISE_ALGOS = {"td3", "ddpg", "sac", "tqc"}
+
+
+def import_object(path: str) -> Any:
+    """Import 'package.module:Attr'; ImportError/AttributeError propagate with their reason."""
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _describe_import_error(path: str, exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"cannot import {path!r}: module {exc.name!r} not found. Install it or fix the path ('package.module:Class')"
+    if isinstance(exc, AttributeError):
+        return f"cannot import {path!r}: {exc}. Check the class name after ':'"
+    return f"cannot import {path!r}: {type(exc).__name__}: {exc}"
+
+
+@lru_cache(maxsize=None)
+def valid_hyperparams(name: str) -> frozenset[str]:
+    """Constructor arguments of an algorithm that a spec may set."""
+    cls = algorithms.get(name).load()
+    params = set(inspect.signature(cls.__init__).parameters) - _RESERVED
+    params.discard("args")
+    params.discard("kwargs")
+    if name in _NOISE_ALGOS:
+        params |= _ZOO_EXTRAS
+    return frozenset(params)
+
+
+def check_env(env: EnvSpec) -> list[Problem]:
+    """The env id resolves and every wrapper imports."""
+    problems: list[Problem] = []
+    problem = _check_env_id(env.id)
+    if problem:
+        problems.append(Problem("env.id", problem))
+    for i, wrapper in enumerate(env.wrappers):
+        try:
+            obj = import_object(wrapper.path)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+            problems.append(Problem(f"env.wrappers.{i}.path", _describe_import_error(wrapper.path, exc)))
+            continue
+        if not callable(obj):
+            problems.append(Problem(f"env.wrappers.{i}.path", f"{wrapper.path!r} is not a class or callable"))
+    return problems
+
+
+def _check_env_id(env_id: str) -> str | None:
+    import gymnasium
+
+    if ENTRY_POINT_RE.match(env_id):
+        module_name, _, attr = env_id.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001
+            return _describe_import_error(env_id, exc)
+        if hasattr(module, attr.split(".")[0]) or attr in gymnasium.envs.registry:
+            return None
+        return f"{module_name!r} has no class {attr!r} and registers no env of that id"
+    if env_id in gymnasium.envs.registry:
+        return None
+    close = get_close_matches(env_id, list(gymnasium.envs.registry), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"environment {env_id!r} is not registered in gymnasium.{hint} For your own env use 'package.module:Class'"
+
+
+def check_algorithm(algo: AlgorithmSpec) -> list[Problem]:
+    """Hyperparameter names, policy and policy_kwargs are valid for the algorithm."""
+    problems: list[Problem] = []
+    valid = valid_hyperparams(algo.name)
+    for key in algo.hyperparams:
+        if key not in valid:
+            close = get_close_matches(key, valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                Problem(f"algorithm.hyperparams.{key}", f"unknown hyperparameter for {algo.name}.{hint} Valid: {', '.join(sorted(valid))}")
+            )
+    cls = algo.info.load()
+    aliases = getattr(cls, "policy_aliases", {})
+    if algo.policy is not None and algo.policy not in aliases:
+        problems.append(Problem("algorithm.policy", f"unknown policy {algo.policy!r} for {algo.name}; allowed: {', '.join(aliases)}"))
+        return problems
+    policy_kwargs = algo.hyperparams.get("policy_kwargs")
+    if isinstance(policy_kwargs, dict) and algo.policy_name in aliases:
+        problems += _check_policy_kwargs(algo, aliases[algo.policy_name], policy_kwargs)
+    return problems
+
+
+def _check_policy_kwargs(algo: AlgorithmSpec, policy_cls: type, kwargs: dict[str, Any]) -> list[Problem]:
+    params = inspect.signature(policy_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    allowed = set(params) - {"self", "observation_space", "action_space", "lr_schedule"}
+    problems = []
+    for key in kwargs:
+        if key not in allowed:
+            close = get_close_matches(key, allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                Problem(f"algorithm.hyperparams.policy_kwargs.{key}", f"not an argument of {policy_cls.__name__}.{hint} Valid: {', '.join(sorted(allowed))}")
+            )
+    return problems
+
+
+def check_spaces(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
+    """Create one env and check that the algorithm supports its action space."""
+    from gymflow.runtime.envs import make_single_env
+
+    try:
+        instance = make_single_env(env, seed=0)
+    except Exception as exc:  # noqa: BLE001 - report whatever the simulator raised
+        return [Problem("env", f"the env could not be created: {type(exc).__name__}: {exc}. Check env.id and env.kwargs")]
+    try:
+        cls = algo.info.load()
+        supported = getattr(cls, "supported_action_spaces", None) or ()
+        space = instance.action_space
+        if supported and not isinstance(space, supported):
+            names = ", ".join(s.__name__ for s in supported)
+            return [Problem("algorithm.name", f"{algo.name} supports {names} action spaces; {env.id} has {type(space).__name__}. Pick another algorithm")]
+        return []
+    finally:
+        instance.close()

@@ -1,0 +1,179 @@
+"""The `gymflow` command line. User errors print one clear message and exit with code 2."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from gymflow.errors import UserError
+
+app = typer.Typer(
+    name="gymflow",
+    help="Run reinforcement-learning experiments from one YAML spec.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+worker_app = typer.Typer(help="The worker program: runs inside a trial, on any backend.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+
+out = Console()
+err = Console(stderr=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="The experiment spec (YAML).", show_default=False)]
+GlobalsOpt = Annotated[Optional[list[Path]], typer.Option("--globals", "-g", help="YAML file of variables and shared fields; repeatable.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: dotted.path=value (YAML-typed); repeatable.")]
+
+
+def _setup_logging(level: int = logging.WARNING) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
+
+
+def _resolve(spec: Path, globals_: list[Path] | None, sets: list[str] | None) -> Any:
+    from gymflow import config
+
+    return config.resolve(spec, globals_ or [], sets or [])
+
+
+@app.command()
+def init(
+    algo: Annotated[str, typer.Option("--algo", "-a", help="Algorithm: ppo, a2c, dqn, sac, td3, ddpg, tqc, qrdqn, trpo, recurrentppo, ars.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium env id or 'package.module:Class'.")],
+    name: Annotated[Optional[str], typer.Option(help="Experiment name (default: from env and algorithm).")] = None,
+) -> None:
+    """Print a complete, commented spec with tuned hyperparameters."""
+    from gymflow import config
+    from gymflow.init import render
+
+    text = render(algo, env, name)
+    config.resolve(config.parse_yaml(text, "generated spec"))  # never print a spec that does not validate
+    sys.stdout.write(text)
+
+
+@app.command()
+def validate(
+    spec: SpecArg,
+    globals_: GlobalsOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the resolved spec as JSON.")] = False,
+) -> None:
+    """Check a spec (every problem at once) and print the resolved spec."""
+    import json
+
+    import yaml
+
+    resolved = _resolve(spec, globals_, set_)
+    data = resolved.model_dump(mode="json")
+    sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False))
+    err.print(f"[green]ok[/green]: {spec} is valid (trial {resolved.trial_id})")
+
+
+@app.command()
+def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
+    """Run one trial of the spec: train, then evaluate, in a worker process."""
+    import subprocess
+
+    from gymflow.results import EVAL_FILE, SPEC_FILE
+    from gymflow.storage import open_run
+
+    resolved = _resolve(spec, globals_, set_)
+    store = open_run(resolved.storage)
+    store.write_json(SPEC_FILE, resolved.model_dump(mode="json"))
+    err.print(f"trial [bold]{resolved.trial_id}[/bold] in {store.uri}")
+    for phase in ("train", "evaluate"):
+        code = subprocess.call([sys.executable, "-m", "gymflow", "worker", phase, store.uri])
+        if code != 0:
+            err.print(f"[red]{phase} failed[/red] (exit {code}); see {store.workdir / 'worker.log'}")
+            raise typer.Exit(1)
+    report = store.read_json(EVAL_FILE)
+    out.print(f"mean reward {report['mean_reward']:.2f} ± {report['std_reward']:.2f} over {report['n_episodes']} episodes")
+
+
+@worker_app.command("train")
+def worker_train(run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")]) -> None:
+    """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
+    from gymflow import worker
+    from gymflow.storage import open_run
+
+    _setup_logging(logging.INFO)
+    store = open_run(run_uri)
+    with _progress_bar(store) as hook:
+        state = worker.train(store, hook)
+    if state != "completed":
+        err.print(f"training {state}; rerun the same command to resume")
+        raise typer.Exit(130 if state == "interrupted" else 1)
+
+
+@worker_app.command("evaluate")
+def worker_evaluate(run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")]) -> None:
+    """Evaluate the run dir's final model and write eval.json."""
+    from gymflow import worker
+    from gymflow.storage import open_run
+
+    _setup_logging(logging.INFO)
+    report = worker.evaluate(open_run(run_uri))
+    out.print(f"mean reward {report.mean_reward:.2f} ± {report.std_reward:.2f} "
+              f"(length {report.mean_length:.1f}) over {report.n_episodes} episodes")
+
+
+def _progress_bar(store: Any) -> Any:
+    """A Rich progress bar over the budget when attached to a terminal; otherwise no hook."""
+    from contextlib import contextmanager, nullcontext
+
+    if not err.is_terminal or os.environ.get("CI"):
+        return nullcontext(None)
+
+    @contextmanager
+    def bar() -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from gymflow.runtime.trainer import load_spec
+
+        budget = load_spec(store).budget
+        total = budget.timesteps or budget.episodes
+        unit = "timesteps" if budget.timesteps else "episodes"
+        with Progress(TextColumn(f"training ({unit})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=False) as progress:
+            task = progress.add_task("train", total=total)
+            last = [0]
+
+            def hook(timesteps: int, episodes: int) -> None:
+                value = timesteps if budget.timesteps else episodes
+                if value - last[0] >= 256 or value >= (total or 0):
+                    last[0] = value
+                    progress.update(task, completed=value)
+
+            yield hook
+
+    return bar()
+
+
+def main() -> None:
+    """Console-script entry: user errors become one message and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        from rich.text import Text
+
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,346 @@
+"""Resolve a spec: YAML + globals + --set overrides + ${var} substitution, validated at once.
+
+Precedence, lowest first: field defaults < spec file < --globals files < --set overrides.
+Every problem is collected and raised together as one SpecError, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gymflow.errors import Problem, SpecError
+from gymflow.spec import Spec
+
+VAR_RE = re.compile(r"\$\{([^}]*)\}")
+NAME_RE = re.compile(r"^[A-Za-z_][\w.]*$")
+WELL_KNOWN = ("experiment", "trial_id", "seed", "date")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as 1e5 and 3e-4 as numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes a SpecError naming the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
+
+
+def load_mapping(path: str | Path, what: str = "spec") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError([Problem("", f"{what} file not found: {file}. Check the path.")])
+    data = parse_yaml(file.read_text(encoding="utf-8"), str(file))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([Problem("", f"a {what} file must hold a mapping of fields, got {type(data).__name__}")], str(file))
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: override's values over base's, merging nested mappings."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], YAML-typed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError([Problem("--set", f"expected dotted.path=value, got {text!r} (for example --set budget.timesteps=50000)")])
+    value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """Set data[path] = value, creating mappings on the way; list items by index."""
+    out = copy.deepcopy(data)
+    node: Any = out
+    for i, part in enumerate(path[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) else None
+        if isinstance(node, dict):
+            nxt = node.get(part)
+            if not isinstance(nxt, (dict, list)):
+                nxt = node[part] = {}
+        elif nxt is None:
+            where = ".".join(path[: i + 1])
+            raise SpecError([Problem(where, f"cannot set {'.'.join(path)}: {where} is not a mapping")])
+        node = nxt
+    last = path[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise SpecError([Problem(".".join(path), "cannot set this path: its parent is not a mapping")])
+    return out
+
+
+def _lookup(variables: dict[str, Any], name: str) -> tuple[bool, Any]:
+    node: Any = variables
+    for part in name.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def substitute(data: Any, variables: dict[str, Any], keep: Iterable[str] = (), path: str = "") -> tuple[Any, list[Problem]]:
+    """Replace ${name} in every string; '$${' escapes. Unknown names are problems."""
+    keep = tuple(keep)
+    problems: list[Problem] = []
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}.{i}") for i, v in enumerate(node)]
+        if not isinstance(node, str) or "${" not in node:
+            return node
+        return _substitute_string(node, where, variables, keep, problems)
+
+    return walk(data, path), problems
+
+
+def _substitute_string(text: str, where: str, variables: dict[str, Any], keep: tuple[str, ...], problems: list[Problem]) -> Any:
+    whole = VAR_RE.fullmatch(text)
+    if whole and whole.group(1) not in keep:
+        found, value = _lookup(variables, whole.group(1))
+        if found:
+            return value  # a lone ${x} keeps the variable's type
+
+    def replace(match: re.Match[str]) -> str:
+        start = match.start()
+        if start > 0 and text[start - 1] == "$":
+            return match.group(0)
+        name = match.group(1)
+        if name in keep:
+            return match.group(0)
+        found, value = _lookup(variables, name)
+        if not found:
+            known = sorted(set(variables) | set(WELL_KNOWN))
+            close = get_close_matches(name, known, n=1)
+            hint = f" Did you mean ${{{close[0]}}}?" if close else ""
+            problems.append(Problem(where, f"unknown variable ${{{name}}}.{hint} Define it in a --globals file; known: {', '.join(known)}"))
+            return match.group(0)
+        return str(value)
+
+    return VAR_RE.sub(replace, text).replace("$${", "${")
+
+
+def trial_id_for(spec: Spec) -> str:
+    """A short, stable id derived from what the trial computes (not where it runs or is stored)."""
+    content = spec.model_dump(mode="json", exclude={"storage", "trial_id", "backend", "tracking", "description"})
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+    algo = spec.algorithm.name
+    return f"{algo}-s{spec.seed}-{digest}"
+
+
+# --- pydantic errors -> problems -------------------------------------------------
+
+
+def _strip(tp: Any) -> Any:
+    from typing import Annotated, get_args, get_origin
+
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _members(tp: Any) -> list[tuple[set[str], Any]]:
+    """Union members with the tags that select them (pydantic Tag or a Literal kind)."""
+    from typing import Annotated, Literal, get_args, get_origin
+
+    out = []
+    for member in get_args(tp):
+        tags: set[str] = set()
+        if get_origin(member) is Annotated:
+            tags |= {getattr(m, "tag") for m in get_args(member)[1:] if hasattr(m, "tag")}
+        inner = _strip(member)
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and "kind" in inner.model_fields:
+            kind = inner.model_fields["kind"].annotation
+            if get_origin(kind) is Literal:
+                tags |= {str(a) for a in get_args(kind)}
+        out.append((tags, inner))
+    return out
+
+
+def _walk_loc(loc: Sequence[Any]) -> tuple[str, type[BaseModel] | None]:
+    """The user-facing dotted path of a pydantic loc, and the model holding its last part."""
+    from types import UnionType
+    from typing import Union, get_args, get_origin
+
+    tp: Any = Spec
+    parts: list[str] = []
+    parent: type[BaseModel] | None = None
+    for item in loc:
+        tp = _strip(tp)
+        if get_origin(tp) in (Union, UnionType):
+            members = _members(tp)
+            chosen = next((m for tags, m in members if str(item) in tags), None)
+            if chosen is not None:
+                tp = chosen
+                continue
+            tp = next((m for _, m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            parent = tp
+            field = tp.model_fields.get(str(item))
+            tp = field.annotation if field else None
+        elif get_origin(tp) in (dict, list, tuple):
+            parent = None
+            tp = get_args(tp)[-1] if get_args(tp) else None
+        else:
+            parent, tp = None, None
+        parts.append(str(item))
+    return ".".join(parts), parent
+
+
+def _message(err: dict[str, Any], parent: type[BaseModel] | None) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    name = str(err["loc"][-1]) if err["loc"] else ""
+    if kind == "extra_forbidden":
+        allowed = sorted(parent.model_fields) if parent else []
+        close = get_close_matches(name, allowed, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"unknown field.{hint} Allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return "required field is missing"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {value!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be an integer, got {value!r}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, got {value!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {value!r}"
+    if kind in ("string_type", "dict_type", "model_type", "model_attributes_type", "list_type", "tuple_type"):
+        expected = {"string_type": "a string", "list_type": "a list", "tuple_type": "a list"}.get(kind, "a mapping")
+        return f"must be {expected}, got {type(value).__name__} {value!r}"
+    if kind == "string_pattern_mismatch":
+        return f"invalid value {value!r}: use letters, digits, '_', '.', '-' (pattern {ctx.get('pattern')})"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return msg
+
+
+def problems_from(exc: ValidationError) -> list[Problem]:
+    """One Problem per pydantic error of a Spec, with its path and a message that says what to do."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        path, parent = _walk_loc(tuple(err["loc"]))
+        problems.append(Problem(path, _message(err, parent)))
+    return problems
+
+
+# --- resolution ------------------------------------------------------------------
+
+
+def _deep_checks(data: dict[str, Any]) -> list[Problem]:
+    """Checks against installed libraries, on every section that is valid by itself."""
+    from gymflow import checks
+    from gymflow.spec import AlgorithmSpec, EnvSpec
+
+    try:
+        data = Spec._lift_zoo_keys(data)  # type: ignore[operator]
+    except ValueError:
+        pass
+    env = algo = None
+    try:
+        env = EnvSpec.model_validate(data.get("env"))
+    except ValidationError:
+        pass
+    try:
+        algo = AlgorithmSpec.model_validate(data.get("algorithm"))
+    except ValidationError:
+        pass
+    problems: list[Problem] = []
+    if env is not None:
+        problems += checks.check_env(env)
+    if algo is not None:
+        problems += checks.check_algorithm(algo)
+    if env is not None and algo is not None and not problems:
+        problems += checks.check_spaces(env, algo)
+    return problems
+
+
+def resolve(
+    spec: str | Path | dict[str, Any],
+    globals_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    trial_id: str | None = None,
+    deep: bool = True,
+) -> Spec:
+    """The resolved, validated Spec; a SpecError with every problem otherwise."""
+    source = None if isinstance(spec, dict) else str(spec)
+    data = copy.deepcopy(spec) if isinstance(spec, dict) else load_mapping(spec)
+    variables: dict[str, Any] = {}
+    for file in globals_files:
+        extra = load_mapping(file, what="globals")
+        variables = deep_merge(variables, extra)
+        data = deep_merge(data, {k: v for k, v in extra.items() if k in Spec.model_fields})
+    for text in overrides:
+        path, value = parse_override(text)
+        data = apply_override(data, path, value)
+
+    variables.update(
+        experiment=data.get("name", ""),
+        seed=data.get("seed", 0),
+        date=_dt.date.today().isoformat(),
+    )
+    data, problems = substitute(data, variables, keep=("trial_id",))
+    try:
+        resolved = Spec.model_validate(data)
+    except ValidationError as exc:
+        problems += problems_from(exc)
+        resolved = None
+    if deep:
+        problems += _deep_checks(data)
+    if problems or resolved is None:
+        raise SpecError(_unique(problems), source)
+
+    tid = trial_id or resolved.trial_id or trial_id_for(resolved)
+    final, _ = substitute(resolved.model_dump(mode="json"), {**variables, "trial_id": tid})
+    final["trial_id"] = tid
+    return Spec.model_validate(final)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    return [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]

@@ -1,0 +1,61 @@
+"""A small exception hierarchy. Every user-facing error says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GymflowError(Exception):
+    """Base class of every error gymflow raises on purpose."""
+
+
+class UserError(GymflowError):
+    """Bad input from the user: reported as a clear message with exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a spec: the dotted field path and what is wrong with it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(UserError):
+    """A spec that cannot be run. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        lines = [f"{count} problem{'s' if count != 1 else ''}{where}:"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class MissingExtraError(UserError):
+    """An optional dependency is needed for what was asked."""
+
+    def __init__(self, module: str, extra: str, what: str) -> None:
+        super().__init__(
+            f"{what} needs the '{module}' package, which is not installed. "
+            f'Install it with: pip install "gymflow[{extra}]"'
+        )
+
+
+class StorageError(GymflowError):
+    """Reading or writing a run directory failed."""
+
+
+class RunDirError(UserError):
+    """A run directory is missing something the worker needs."""
+
+
+class WorkerError(GymflowError):
+    """Training or evaluation failed inside the worker."""

@@ -1,0 +1,75 @@
+"""Typed contents of the run directory's JSON files, shared by the worker and the orchestrator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunState = Literal["pending", "running", "completed", "failed", "interrupted"]
+
+SPEC_FILE = "spec.json"
+STATUS_FILE = "status.json"
+EVAL_FILE = "eval.json"
+MODEL_FILE = "model.zip"
+VECNORM_FILE = "vecnormalize.pkl"
+LOG_FILE = "worker.log"
+CURVE_FILE = "learning_curve.png"
+TRAIN_METRICS = "metrics/train.jsonl"
+EVAL_METRICS = "metrics/eval.jsonl"
+
+
+class Status(BaseModel):
+    """status.json: what the worker is doing, rewritten at least every heartbeat interval."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: RunState = "pending"
+    phase: str = Field("", description="train or evaluate")
+    timesteps: int = 0
+    episodes: int = 0
+    budget_timesteps: int | None = None
+    budget_episodes: int | None = None
+    resumed_from: int | None = Field(None, description="Timesteps of the checkpoint this run resumed from.")
+    stop_reason: str | None = None
+    device: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    started_at: float | None = None
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class EpisodeResult(BaseModel):
+    reward: float
+    length: int
+
+
+class EvalReport(BaseModel):
+    """eval.json: the final evaluation of a trained model."""
+
+    mean_reward: float
+    std_reward: float
+    mean_length: float
+    std_length: float
+    n_episodes: int
+    deterministic: bool
+    timesteps: int = Field(description="Timesteps the evaluated model was trained for.")
+    episodes: list[EpisodeResult]
+
+    @classmethod
+    def from_episodes(cls, rewards: list[float], lengths: list[int], deterministic: bool, timesteps: int) -> EvalReport:
+        import numpy as np
+
+        return cls(
+            mean_reward=float(np.mean(rewards)),
+            std_reward=float(np.std(rewards)),
+            mean_length=float(np.mean(lengths)),
+            std_length=float(np.std(lengths)),
+            n_episodes=len(rewards),
+            deterministic=deterministic,
+            timesteps=timesteps,
+            episodes=[EpisodeResult(reward=float(r), length=int(n)) for r, n in zip(rewards, lengths)],
+        )

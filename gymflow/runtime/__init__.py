@@ -1,0 +1,1 @@
+"""The worker: builds envs and algorithms from a spec, trains, evaluates, checkpoints, resumes."""

@@ -1,0 +1,122 @@
+"""Turn an AlgorithmSpec's canonical hyperparameters into an SB3 model."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import numpy as np
+
+from gymflow import hyperparams
+from gymflow.spec import AlgorithmSpec
+
+logger = logging.getLogger(__name__)
+
+
+class LinearSchedule:
+    """rl-zoo's ``lin_<x>``: x at the start of training, decaying linearly to 0 at the end."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.start
+
+    def __repr__(self) -> str:
+        return f"lin_{self.start}"
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _activation(name: str) -> type:
+    import torch.nn as nn
+
+    return getattr(nn, hyperparams.ACTIVATIONS[name])
+
+
+def _optimizer(name: str) -> type:
+    import torch.optim as optim
+
+    if name == "rmsproptflike":
+        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+        return RMSpropTFLike
+    return {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop, "sgd": optim.SGD}[name]
+
+
+def _policy_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    if "activation_fn" in out:
+        out["activation_fn"] = _activation(out["activation_fn"])
+    if "optimizer_class" in out:
+        out["optimizer_class"] = _optimizer(out["optimizer_class"])
+    return out
+
+
+def _action_noise(kind: str, std: float, n_actions: int) -> Any:
+    from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+    mean, sigma = np.zeros(n_actions), std * np.ones(n_actions)
+    if kind == "normal":
+        return NormalActionNoise(mean=mean, sigma=sigma)
+    return OrnsteinUhlenbeckActionNoise(mean=mean, sigma=sigma)
+
+
+def model_kwargs(algo: AlgorithmSpec, action_space: Any) -> dict[str, Any]:
+    """Constructor keyword arguments for the SB3 class, from canonical hyperparameters."""
+    cls = algo.info.load()
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    params = dict(algo.hyperparams)
+    noise_type, noise_std = params.pop("noise_type", None), params.pop("noise_std", 0.1)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in algo.info.schedule_keys:
+            value = LinearSchedule(hyperparams.schedule_start(value)) if isinstance(value, str) else value
+        elif key == "policy_kwargs":
+            value = _policy_kwargs(value)
+        elif key == "train_freq" and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(defaults.get(key), int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[key] = value
+    if noise_type is not None:
+        out["action_noise"] = _action_noise(noise_type, float(noise_std), int(np.prod(action_space.shape)))
+    return out
+
+
+def policy_for(algo: AlgorithmSpec, observation_space: Any) -> str:
+    """The spec's policy, or the algorithm's default adapted to dict and image observations."""
+    if algo.policy is not None:
+        return algo.policy
+    from gymnasium import spaces
+    from stable_baselines3.common.preprocessing import is_image_space
+
+    recurrent = algo.name == "recurrentppo"
+    if isinstance(observation_space, spaces.Dict):
+        return "MultiInputLstmPolicy" if recurrent else "MultiInputPolicy"
+    if is_image_space(observation_space) and algo.name != "ars":
+        return "CnnLstmPolicy" if recurrent else "CnnPolicy"
+    return algo.info.default_policy
+
+
+def build_model(algo: AlgorithmSpec, venv: Any, seed: int, device: str) -> Any:
+    """A new SB3 model for the vectorised env."""
+    cls = algo.info.load()
+    kwargs = model_kwargs(algo, venv.action_space)
+    policy = policy_for(algo, venv.observation_space)
+    logger.info("building %s with %s on %s: %s", cls.__name__, policy, device, kwargs)
+    return cls(policy, venv, seed=seed, device=device, verbose=0, **kwargs)
+
+
+def load_model(algo: AlgorithmSpec, path: str, venv: Any, device: str) -> Any:
+    """Load a saved model and attach the env; learning continues where it stopped."""
+    cls = algo.info.load()
+    return cls.load(path, env=venv, device=device)

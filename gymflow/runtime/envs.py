@@ -1,0 +1,134 @@
+"""Build gymnasium envs and SB3 vectorised envs from an EnvSpec."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from gymflow.spec import ENTRY_POINT_RE, Choice, EnvSpec, NormalizeSpec, UniformRange
+
+_REGISTERED_PREFIX = "gymflow"
+
+
+class ScenarioWrapper(gym.Wrapper):
+    """Draws each named reset option anew at every reset, from its own seeded generator.
+
+    Options passed to ``reset`` explicitly win over drawn ones; the drawn values are
+    reported in ``info["scenario"]``.
+    """
+
+    def __init__(self, env: gym.Env, params: dict[str, UniformRange | Choice], seed: int) -> None:
+        super().__init__(env)
+        self._params = params
+        self._rng = np.random.default_rng(seed)
+
+    def draw(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, param in self._params.items():
+            if isinstance(param, Choice):
+                values[name] = param.values[int(self._rng.integers(len(param.values)))]
+            else:
+                values[name] = float(self._rng.uniform(param.min, param.max))
+        return values
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        drawn = self.draw()
+        obs, info = self.env.reset(seed=seed, options={**drawn, **(options or {})})
+        return obs, {**info, "scenario": drawn}
+
+
+def _entry_point_id(env_id: str) -> str:
+    """Register a 'package.module:Class' env with gymnasium once; return its registered id."""
+    module_name, _, attr = env_id.partition(":")
+    module = importlib.import_module(module_name)
+    if not hasattr(module, attr.split(".")[0]):
+        return env_id  # 'module:EnvId' where importing the module registers EnvId
+    registered = f"{_REGISTERED_PREFIX}/{re.sub(r'[^A-Za-z0-9]+', '_', env_id)}-v0"
+    if registered not in gym.envs.registry:
+        gym.register(id=registered, entry_point=env_id)
+    return registered
+
+
+def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False) -> gym.Env:
+    """One env: made, scenario-randomised, monitored when asked, wrapped as the spec says."""
+    from gymflow.checks import import_object
+
+    env_id = _entry_point_id(spec.id) if ENTRY_POINT_RE.match(spec.id) else spec.id
+    make_kwargs: dict[str, Any] = dict(spec.kwargs)
+    if spec.max_episode_steps is not None:
+        make_kwargs["max_episode_steps"] = spec.max_episode_steps
+    env = gym.make(env_id, **make_kwargs)
+    if spec.scenario:
+        env = ScenarioWrapper(env, dict(spec.scenario), seed)
+    if monitor:
+        from stable_baselines3.common.monitor import Monitor
+
+        env = Monitor(env)
+    for wrapper in spec.wrappers:
+        env = import_object(wrapper.path)(env, **wrapper.kwargs)
+    env.action_space.seed(seed)
+    return env
+
+
+def _env_fn(spec: EnvSpec, seed: int) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        return make_single_env(spec, seed, monitor=True)
+
+    return make
+
+
+def build_vec_env(spec: EnvSpec, seed: int, n_envs: int, training: bool, gamma: float, stats_path: str | None = None) -> Any:
+    """A VecEnv with frame stacking and VecNormalize as the spec says.
+
+    With ``stats_path`` the VecNormalize statistics are loaded from it. Evaluation envs
+    (``training=False``) never update statistics and report unnormalised rewards.
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecNormalize
+
+    fns = [_env_fn(spec, seed + i) for i in range(n_envs)]
+    use_subproc = spec.vectorization == "subprocess" and training and n_envs > 1
+    venv: Any = SubprocVecEnv(fns) if use_subproc else DummyVecEnv(fns)
+    venv.seed(seed)
+    if spec.frame_stack:
+        venv = VecFrameStack(venv, n_stack=spec.frame_stack)
+    venv = _maybe_transpose(venv)
+    if spec.normalize is not None:
+        venv = _normalize(venv, spec.normalize, training, gamma, stats_path)
+    return venv
+
+
+def _maybe_transpose(venv: Any) -> Any:
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    space = venv.observation_space
+    if is_image_space(space) and not is_image_space_channels_first(space):
+        return VecTransposeImage(venv)
+    return venv
+
+
+def _normalize(venv: Any, options: NormalizeSpec, training: bool, gamma: float, stats_path: str | None) -> Any:
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if stats_path is not None:
+        venv = VecNormalize.load(stats_path, venv)
+    else:
+        venv = VecNormalize(
+            venv,
+            norm_obs=options.norm_obs,
+            norm_reward=options.norm_reward,
+            clip_obs=options.clip_obs,
+            clip_reward=options.clip_reward,
+            gamma=options.gamma if options.gamma is not None else gamma,
+            epsilon=options.epsilon,
+        )
+    venv.training = training
+    venv.norm_reward = options.norm_reward and training
+    return venv

@@ -1,0 +1,134 @@
+"""Run-directory I/O. The worker and the orchestrator only talk to a run dir through this.
+
+A run dir is addressed by a URI: a local path or ``file://`` now; ``gs://`` and
+``az://`` stores implement the same interface. The worker writes files under
+``RunStore.workdir`` (a local folder) and calls ``publish`` so a remote store can
+upload them; for a local store the two are the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from gymflow.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+class RunStore(ABC):
+    """One run directory."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @property
+    @abstractmethod
+    def workdir(self) -> Path:
+        """A local folder mirroring the run dir, where the worker writes."""
+
+    @abstractmethod
+    def exists(self, rel: str) -> bool:
+        """Whether the file rel exists in the run dir."""
+
+    @abstractmethod
+    def read_bytes(self, rel: str) -> bytes:
+        """The content of rel; FileNotFoundError when it is missing."""
+
+    @abstractmethod
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write rel atomically: readers see the old or the new content, never a mix."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Relative paths of the files under prefix, sorted."""
+
+    @abstractmethod
+    def delete(self, rel: str) -> None:
+        """Delete rel if it exists."""
+
+    def publish(self, rel: str) -> None:
+        """Make workdir/rel visible in the run dir (a no-op where workdir is the run dir)."""
+
+    def fetch(self, rel: str) -> Path:
+        """A local path holding rel (downloads it where the store is remote)."""
+        return self.workdir / rel
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_text(rel))
+
+    def write_json(self, rel: str, value: Any) -> None:
+        self.write_text(rel, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class LocalRunStore(RunStore):
+    """A run dir on the local file system."""
+
+    def __init__(self, uri: str, path: Path) -> None:
+        super().__init__(uri)
+        self.path = path
+
+    @property
+    def workdir(self) -> Path:
+        return self.path
+
+    def exists(self, rel: str) -> bool:
+        return (self.path / rel).is_file()
+
+    def read_bytes(self, rel: str) -> bytes:
+        return (self.path / rel).read_bytes()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.path / prefix
+        if not base.exists():
+            return []
+        files = [p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        return sorted(str(p.relative_to(self.path)) for p in files)
+
+    def delete(self, rel: str) -> None:
+        (self.path / rel).unlink(missing_ok=True)
+
+
+def local_path(uri: str) -> Path | None:
+    """The local folder of a plain path or file:// URI; None for a remote URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(uri).expanduser()
+    return None
+
+
+def open_run(uri: str) -> RunStore:
+    """The RunStore for a run-dir URI."""
+    path = local_path(uri)
+    if path is not None:
+        return LocalRunStore(uri, path.resolve())
+    scheme = urlparse(uri).scheme
+    if scheme in ("gs", "az"):
+        raise UserError(f"storage {uri!r}: {scheme}:// run directories are not available in this version; use a local path")
+    raise UserError(f"storage {uri!r}: unknown scheme {scheme!r}; use a local path, file://, gs:// or az://")

@@ -1,0 +1,68 @@
+"""Entry points of the worker program, `gymflow worker train|evaluate RUN_URI`.
+
+The worker needs only its run directory; it logs to worker.log there, keeps
+status.json current, and exits non-zero with the error in status.json on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from gymflow.results import LOG_FILE, EvalReport
+from gymflow.runtime.status import StatusFile
+from gymflow.runtime.trainer import ProgressHook, Trainer, load_spec
+from gymflow.storage import RunStore
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def worker_log(store: RunStore) -> Iterator[None]:
+    """Append the worker's log records to RUN_URI/worker.log while the block runs."""
+    path = store.workdir / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        store.publish(LOG_FILE)
+
+
+def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
+    """Train the run to its budget (resuming from the newest checkpoint); the final state."""
+    with worker_log(store):
+        try:
+            return Trainer(store, on_progress).run()
+        except Exception:
+            logger.exception("training failed")
+            raise
+
+
+def evaluate(store: RunStore) -> EvalReport:
+    """Evaluate the run's final model and write eval.json."""
+    from gymflow.runtime.evaluation import evaluate_run
+
+    with worker_log(store):
+        status = StatusFile(store)
+        spec = load_spec(store)
+        status.start(state="running", phase="evaluate")
+        try:
+            report = evaluate_run(store, spec)
+        except Exception as exc:
+            logger.exception("evaluation failed")
+            status.finish("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        status.finish("completed")
+        return report
