@@ -17,6 +17,7 @@ class AlgorithmInfo:
     default_policy: str
     on_policy: bool
     schedule_keys: tuple[str, ...] = ("learning_rate",)
+    action_spaces: tuple[str, ...] = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
 
     def load(self) -> type[Any]:
         """Import and return the algorithm class."""
@@ -26,21 +27,24 @@ class AlgorithmInfo:
 _SB3 = "stable_baselines3"
 _CONTRIB = "sb3_contrib"
 _PPO_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")
+_LR = ("learning_rate",)
+_BOX = ("Box",)
+_DISCRETE = ("Discrete",)
 
 ALGORITHMS: dict[str, AlgorithmInfo] = {
     info.name: info
     for info in (
         AlgorithmInfo("ppo", _SB3, "PPO", "MlpPolicy", True, _PPO_SCHEDULES),
         AlgorithmInfo("a2c", _SB3, "A2C", "MlpPolicy", True),
-        AlgorithmInfo("dqn", _SB3, "DQN", "MlpPolicy", False),
-        AlgorithmInfo("sac", _SB3, "SAC", "MlpPolicy", False),
-        AlgorithmInfo("td3", _SB3, "TD3", "MlpPolicy", False),
-        AlgorithmInfo("ddpg", _SB3, "DDPG", "MlpPolicy", False),
-        AlgorithmInfo("tqc", _CONTRIB, "TQC", "MlpPolicy", False),
-        AlgorithmInfo("qrdqn", _CONTRIB, "QRDQN", "MlpPolicy", False),
+        AlgorithmInfo("dqn", _SB3, "DQN", "MlpPolicy", False, _LR, _DISCRETE),
+        AlgorithmInfo("sac", _SB3, "SAC", "MlpPolicy", False, _LR, _BOX),
+        AlgorithmInfo("td3", _SB3, "TD3", "MlpPolicy", False, _LR, _BOX),
+        AlgorithmInfo("ddpg", _SB3, "DDPG", "MlpPolicy", False, _LR, _BOX),
+        AlgorithmInfo("tqc", _CONTRIB, "TQC", "MlpPolicy", False, _LR, _BOX),
+        AlgorithmInfo("qrdqn", _CONTRIB, "QRDQN", "MlpPolicy", False, _LR, _DISCRETE),
         AlgorithmInfo("trpo", _CONTRIB, "TRPO", "MlpPolicy", True),
         AlgorithmInfo("recurrentppo", _CONTRIB, "RecurrentPPO", "MlpLstmPolicy", True, _PPO_SCHEDULES),
-        AlgorithmInfo("ars", _CONTRIB, "ARS", "LinearPolicy", True, ("learning_rate", "delta_std")),
+        AlgorithmInfo("ars", _CONTRIB, "ARS", "LinearPolicy", True, ("learning_rate", "delta_std"), ("Box", "Discrete")),
     )
 }
 

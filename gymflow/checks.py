@@ -137,12 +137,11 @@ def check_spaces(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
     except Exception as exc:  # noqa: BLE001 - report whatever the simulator raised
         return [Problem("env", f"the env could not be created: {type(exc).__name__}: {exc}. Check env.id and env.kwargs")]
     try:
-        cls = algo.info.load()
-        supported = getattr(cls, "supported_action_spaces", None) or ()
-        space = instance.action_space
-        if supported and not isinstance(space, supported):
-            names = ", ".join(s.__name__ for s in supported)
-            return [Problem("algorithm.name", f"{algo.name} supports {names} action spaces; {env.id} has {type(space).__name__}. Pick another algorithm")]
+        supported = algo.info.action_spaces
+        space = type(instance.action_space).__name__
+        if space not in supported:
+            names = ", ".join(supported)
+            return [Problem("algorithm.name", f"{algo.name} supports {names} action spaces; {env.id} has {space}. Pick another algorithm")]
         return []
     finally:
         instance.close()

@@ -265,6 +265,10 @@ def problems_from(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
         path, parent = _walk_loc(tuple(err["loc"]))
+        ctx = err.get("ctx") or {}
+        if err["type"] == "hyperparam":  # raised on the algorithm (or spec) with the offending key
+            problems.append(Problem(f"algorithm.hyperparams.{ctx['key']}", str(ctx["message"])))
+            continue
         problems.append(Problem(path, _message(err, parent)))
     return problems
 

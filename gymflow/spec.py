@@ -44,7 +44,7 @@ class WrapperSpec(_Model):
     @classmethod
     def _check_path(cls, value: str) -> str:
         if not ENTRY_POINT_RE.match(value):
-            raise PydanticCustomError("entry_point", "expected 'package.module:Class', got {value!r}", {"value": value})
+            raise PydanticCustomError("entry_point", "{msg}", {"msg": f"expected 'package.module:Class', got {value!r}"})
         return value
 
 
@@ -145,8 +145,8 @@ class AlgorithmSpec(_Model):
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise PydanticCustomError(
                 "algorithm",
-                "unknown algorithm {value!r}.{hint} Known: {known}",
-                {"value": value, "hint": hint, "known": ", ".join(algorithms.ALGORITHMS)},
+                "{msg}",
+                {"msg": f"unknown algorithm {value!r}.{hint} Known: {', '.join(algorithms.ALGORITHMS)}"},
             )
         return canonical
 
@@ -268,13 +268,26 @@ class Spec(_Model):
             if field in target and target[field] != value:
                 raise PydanticCustomError(
                     "conflict",
-                    "algorithm.hyperparams.{key} ({a!r}) conflicts with {section}.{field} ({b!r}); keep one",
-                    {"key": key, "a": value, "section": section, "field": field, "b": target[field]},
+                    "{msg}",
+                    {"msg": f"algorithm.hyperparams.{key} ({value!r}) conflicts with {section}.{field} ({target[field]!r}); keep one"},
                 )
             target[field] = value
             data[section] = target
         data["algorithm"] = {**data["algorithm"], "hyperparams": params}
         return data
+
+    @model_validator(mode="after")
+    def _schedules_need_timesteps(self) -> Spec:
+        if self.budget.episodes is None:
+            return self
+        for key, value in self.algorithm.hyperparams.items():
+            if isinstance(value, str) and key in self.algorithm.info.schedule_keys:
+                raise PydanticCustomError(
+                    "hyperparam",
+                    "{message}",
+                    {"key": key, "message": f"the schedule {value!r} decays over budget.timesteps; with an episodes budget use a constant"},
+                )
+        return self
 
     @property
     def experiment(self) -> str:

@@ -1,0 +1,93 @@
+"""Shared fixtures: specs on disk, the CLI run in-process, run dirs made by setup."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TESTS_DIR = Path(__file__).parent
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+
+
+def base_spec(**overrides: Any) -> dict[str, Any]:
+    """A small valid PPO CartPole spec; keyword arguments replace top-level sections."""
+    spec: dict[str, Any] = {
+        "name": "test",
+        "env": {"id": "CartPole-v1", "n_envs": 2},
+        "algorithm": {"name": "ppo", "hyperparams": {"n_steps": 64, "batch_size": 64, "n_epochs": 2}},
+        "budget": {"timesteps": 512},
+        "seed": 0,
+        "evaluation": {"every_timesteps": 256, "episodes": 2},
+        "checkpoint": {"every_timesteps": 256},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Write a spec mapping (or raw YAML text) to a file whose storage is under tmp_path/runs."""
+
+    def write(spec: dict[str, Any] | str | None = None, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        if isinstance(spec, str):
+            path.write_text(spec)
+            return path
+        data = dict(spec if spec is not None else base_spec())
+        data.setdefault("storage", str(tmp_path / "runs" / "${experiment}" / "${trial_id}"))
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run `gymflow ARGS...` in this process through its real entry point."""
+    from gymflow.cli import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["gymflow", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Callable[..., Any]:
+    """Resolve a spec mapping and write its spec.json, as the setup phase does; return the RunStore."""
+    from gymflow import config
+    from gymflow.results import SPEC_FILE
+    from gymflow.storage import open_run
+
+    def make(spec: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        data = dict(spec if spec is not None else base_spec())
+        data.setdefault("storage", str(tmp_path / "runs" / "${trial_id}"))
+        resolved = config.resolve(data, **kwargs)
+        store = open_run(resolved.storage)
+        store.write_json(SPEC_FILE, resolved.model_dump(mode="json"))
+        return store
+
+    return make
