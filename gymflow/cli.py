@@ -159,7 +159,9 @@ def _progress_bar(store: Any) -> Any:
 def main() -> None:
     """Console-script entry: user errors become one message and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as exc:
         from rich.text import Text
 
@@ -170,10 +172,16 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, click.exceptions.ClickException):  # usage errors: exit 2
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        if os.environ.get("GYMFLOW_DEBUG"):
+            raise
+        from rich.text import Text
+
+        err.print(Text.assemble(("failed: ", "bold red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
+        err.print("(set GYMFLOW_DEBUG=1 to see the traceback)", style="dim")
+        sys.exit(1)

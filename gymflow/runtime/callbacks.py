@@ -38,14 +38,12 @@ class Progress:
             "last_eval_timesteps": self.last_eval_timesteps,
         }
 
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Progress:
-        return cls(
-            episodes=int(meta.get("episodes", 0)),
-            best_mean_reward=meta.get("best_mean_reward"),
-            evals_without_improvement=int(meta.get("evals_without_improvement", 0)),
-            last_eval_timesteps=int(meta.get("last_eval_timesteps", -1)),
-        )
+    def restore(self, meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint's record (in place: signal handlers hold this object)."""
+        self.episodes = int(meta.get("episodes", 0))
+        self.best_mean_reward = meta.get("best_mean_reward")
+        self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
+        self.last_eval_timesteps = int(meta.get("last_eval_timesteps", -1))
 
 
 class BudgetCallback(BaseCallback):

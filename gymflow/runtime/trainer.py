@@ -97,7 +97,7 @@ class Trainer:
                 model = load_model(spec.algorithm, str(ckpt.model), venv, device)
                 if ckpt.replay_buffer is not None:
                     model.load_replay_buffer(ckpt.replay_buffer)
-                self.progress = Progress.from_meta(ckpt.meta)
+                self.progress.restore(ckpt.meta)
                 self.status.update(resumed_from=ckpt.timesteps)
                 self._truncate_metrics(ckpt.timesteps)
             else:
