@@ -172,7 +172,10 @@ class AlgorithmSpec(_Model):
 class BudgetSpec(_Model):
     """How much to train: timesteps or episodes, exactly one."""
 
-    timesteps: int | None = Field(None, ge=1, description="Environment steps in total, summed over the parallel envs.")
+    timesteps: int | None = Field(
+        None, ge=1,
+        description="Environment steps in total, summed over the parallel envs (ARS stops at the end of the iteration that passes it).",
+    )
     episodes: int | None = Field(None, ge=1, description="Finished episodes in total, counted across the parallel envs.")
 
     @model_validator(mode="after")
