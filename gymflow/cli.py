@@ -23,8 +23,8 @@ app = typer.Typer(
 worker_app = typer.Typer(help="The worker program: runs inside a trial, on any backend.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 SpecArg = Annotated[Path, typer.Argument(help="The experiment spec (YAML).", show_default=False)]
 GlobalsOpt = Annotated[Optional[list[Path]], typer.Option("--globals", "-g", help="YAML file of variables and shared fields; repeatable.")]
