@@ -78,23 +78,63 @@ def validate(
 
 @app.command()
 def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
-    """Run one trial of the spec: train, then evaluate, in a worker process."""
-    import subprocess
-
-    from gymflow.results import EVAL_FILE, SPEC_FILE
-    from gymflow.storage import open_run
+    """Run one trial through provision, setup, train, evaluate, store and teardown (a Prefect flow)."""
+    from gymflow import pipeline
 
     resolved = _resolve(spec, globals_, set_)
-    store = open_run(resolved.storage)
-    store.write_json(SPEC_FILE, resolved.model_dump(mode="json"))
-    err.print(f"trial [bold]{resolved.trial_id}[/bold] in {store.uri}")
-    for phase in ("train", "evaluate"):
-        code = subprocess.call([sys.executable, "-m", "gymflow", "worker", phase, store.uri])
-        if code != 0:
-            err.print(f"[red]{phase} failed[/red] (exit {code}); see {store.workdir / 'worker.log'}")
-            raise typer.Exit(1)
-    report = store.read_json(EVAL_FILE)
-    out.print(f"mean reward {report['mean_reward']:.2f} ± {report['std_reward']:.2f} over {report['n_episodes']} episodes")
+    pipeline.check_backend(resolved)
+    result = pipeline.run_trial(resolved, err)
+    raise typer.Exit(pipeline.exit_code(result))
+
+
+server_app = typer.Typer(help="The local Prefect server gymflow starts once and reuses.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
+    """Start the background Prefect server (or report the running one)."""
+    from gymflow import server
+
+    info = server.start(port)
+    out.print(f"Prefect server running at {info.url} (pid {info.pid}); UI: {info.url}, log: {info.log}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the background Prefect server."""
+    from gymflow import server
+
+    out.print("stopped" if server.stop() else "no gymflow Prefect server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether the background Prefect server runs, and where."""
+    from gymflow import server
+
+    info = server.status()
+    if info is None:
+        out.print("not running (`gymflow run` starts it; `gymflow server start` starts it now)")
+        raise typer.Exit(1)
+    out.print(f"running at {info.url} (pid {info.pid})")
+
+
+@app.command("backends")
+def list_backends() -> None:
+    """List the registered backends and what each supports."""
+    from rich.table import Table
+
+    import backends
+
+    table = Table("backend", "GPU", "spot", "time limit", "class")
+    for name, cls in backends.available().items():
+        if isinstance(cls, str):
+            table.add_row(name, "", "", "", f"[red]{cls}[/red]")
+            continue
+        f = cls.features
+        table.add_row(name, *("yes" if v else "no" for v in (f.gpu, f.spot, f.time_limit)), f"{cls.__module__}:{cls.__name__}")
+    out.print(table)
 
 
 @worker_app.command("train")

@@ -232,7 +232,24 @@ class LocalBackendSpec(_Model):
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="Fail the trial when the worker's heartbeat is older than this.")
 
 
-BackendSpec = Annotated[Union[LocalBackendSpec], Field(discriminator="kind")]
+class PluginBackendSpec(BaseModel):
+    """A backend from a plugin: its kind is an entry-point name or 'package.module:Class'; the
+    backend's own settings model checks the other fields."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    kind: str = Field(min_length=1, description="A registered backend name (gymflow backends) or 'package.module:Class'.")
+
+
+def _backend_kind(value: Any) -> str:
+    kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
+    return "local" if kind == "local" else "plugin"
+
+
+BackendSpec = Annotated[
+    Union[Annotated[LocalBackendSpec, Tag("local")], Annotated[PluginBackendSpec, Tag("plugin")]],
+    Discriminator(_backend_kind),
+]
 
 _ZOO_LIFTS = {"n_envs": ("env", "n_envs"), "normalize": ("env", "normalize"), "frame_stack": ("env", "frame_stack"), "policy": ("algorithm", "policy")}
 

@@ -53,6 +53,13 @@ class RunStore(ABC):
     def delete(self, rel: str) -> None:
         """Delete rel if it exists."""
 
+    def read_from(self, rel: str, offset: int) -> bytes:
+        """The bytes of rel from offset on (b"" when rel is missing): for following growing files."""
+        try:
+            return self.read_bytes(rel)[offset:]
+        except FileNotFoundError:
+            return b""
+
     def publish(self, rel: str) -> None:
         """Make workdir/rel visible in the run dir (a no-op where workdir is the run dir)."""
 
@@ -101,6 +108,14 @@ class LocalRunStore(RunStore):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def read_from(self, rel: str, offset: int) -> bytes:
+        try:
+            with (self.path / rel).open("rb") as fh:
+                fh.seek(offset)
+                return fh.read()
+        except FileNotFoundError:
+            return b""
 
     def list(self, prefix: str = "") -> list[str]:
         base = self.path / prefix

@@ -7,6 +7,9 @@ status.json current, and exits non-zero with the error in status.json on failure
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +22,32 @@ from gymflow.storage import RunStore
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PARENT_ENV = "GYMFLOW_PARENT_PID"
+
+
+def watch_parent(interval_s: float = 2.0) -> None:
+    """When started by an orchestrator (GYMFLOW_PARENT_PID), stop cleanly if it disappears.
+
+    The worker then gets SIGTERM from itself: it checkpoints and exits, so a lost
+    orchestrator never leaves a training process behind.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(int(parent), 0)
+            except ProcessLookupError:
+                logger.warning("the orchestrator (pid %s) is gone; checkpointing and stopping", parent)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                continue
+
+    threading.Thread(target=watch, name="gymflow-parent-watch", daemon=True).start()
 
 
 @contextmanager
@@ -42,6 +71,7 @@ def worker_log(store: RunStore) -> Iterator[None]:
 
 def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
     """Train the run to its budget (resuming from the newest checkpoint); the final state."""
+    watch_parent()
     with worker_log(store):
         try:
             return Trainer(store, on_progress).run()

@@ -1,0 +1,151 @@
+"""The backend contract: public phases do the logging and checks once, subclasses fill small hooks.
+
+A backend is created from the spec's ``backend`` settings. Its phases are
+``provision`` -> ``setup`` -> ``launch``/``poll`` (per worker phase) -> ``teardown``.
+``teardown`` must be idempotent and safe on a half-provisioned handle: it is called
+from a ``finally`` whatever happened before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gymflow.errors import GymflowError, Problem
+from gymflow.results import SPEC_FILE
+from gymflow.spec import Spec
+from gymflow.storage import RunStore, open_run
+
+logger = logging.getLogger(__name__)
+
+Phase = Literal["train", "evaluate"]
+
+
+class BackendError(GymflowError):
+    """A backend operation failed; not worth retrying."""
+
+
+class TransientBackendError(BackendError):
+    """A backend operation failed in a way a retry can fix (quota, 429, 5xx, timeouts)."""
+
+
+class Features(BaseModel):
+    """What a backend supports; checked against the spec before anything is provisioned."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu: bool = False
+    spot: bool = False
+    time_limit: bool = False
+
+
+class Handle(BaseModel):
+    """What provision returns and every later phase receives; JSON-serialisable for Prefect."""
+
+    backend: str
+    trial_id: str
+    run_uri: str
+    provisioned: bool = False
+    data: dict[str, Any] = Field(default_factory=dict, description="Backend-specific ids (pid, VM name, job name).")
+
+
+class WorkerState(BaseModel):
+    """What poll sees of a launched worker phase."""
+
+    running: bool
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class Backend(ABC):
+    """Base class of every backend. Subclasses set ``name``/``features`` and implement the hooks."""
+
+    name: ClassVar[str]
+    features: ClassVar[Features] = Features()
+    Settings: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: BaseModel) -> None:
+        self.settings = settings
+
+    # -- checks ------------------------------------------------------------------
+    def check(self, spec: Spec) -> list[Problem]:
+        """Problems that make the spec unrunnable here (requested features, settings)."""
+        problems = []
+        if spec.algorithm.device == "cuda" and not self.features.gpu:
+            problems.append(Problem("algorithm.device", f"backend {self.name!r} has no GPU; use device auto or cpu, or a GPU backend"))
+        return problems + self._check(spec)
+
+    def _check(self, spec: Spec) -> list[Problem]:
+        return []
+
+    # -- phases --------------------------------------------------------------------
+    def plan(self, spec: Spec) -> Handle:
+        """The handle before provisioning: enough for teardown to find anything half-made."""
+        return self._plan(spec)
+
+    def provision(self, spec: Spec) -> Handle:
+        """Acquire what the trial runs on."""
+        started = time.perf_counter()
+        handle = self._provision(spec)
+        handle.provisioned = True
+        logger.info("provisioned %s for trial %s in %.1f s", self.name, spec.trial_id, time.perf_counter() - started)
+        return handle
+
+    def setup(self, handle: Handle, spec: Spec) -> None:
+        """Write the resolved spec to the run dir and prepare the worker."""
+        self.store(handle).write_json(SPEC_FILE, spec.model_dump(mode="json"))
+        self._setup(handle, spec)
+        logger.info("run dir ready: %s", handle.run_uri)
+
+    def launch(self, handle: Handle, phase: Phase) -> Handle:
+        """Start `gymflow worker PHASE RUN_URI`; records the phase's ids in handle.data (in place)."""
+        logger.info("launching worker %s on %s", phase, self.name)
+        handle.data[phase] = self._launch(handle, phase)
+        return handle
+
+    def poll(self, handle: Handle, phase: Phase) -> WorkerState:
+        """Whether the worker phase still runs, and its exit code once it ended."""
+        return self._poll(handle, phase)
+
+    def stop(self, handle: Handle, phase: Phase) -> None:
+        """Ask a running worker phase to stop (it checkpoints first); idempotent."""
+        self._stop(handle, phase)
+
+    def teardown(self, handle: Handle | None) -> None:
+        """Release everything provisioned. Idempotent; safe on a half-provisioned or missing handle."""
+        if handle is None:
+            return
+        started = time.perf_counter()
+        self._teardown(handle)
+        logger.info("teardown of %s for trial %s done in %.1f s", self.name, handle.trial_id, time.perf_counter() - started)
+
+    def store(self, handle: Handle) -> RunStore:
+        """The trial's run directory."""
+        return open_run(handle.run_uri)
+
+    # -- hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _plan(self, spec: Spec) -> Handle: ...
+
+    @abstractmethod
+    def _provision(self, spec: Spec) -> Handle: ...
+
+    @abstractmethod
+    def _setup(self, handle: Handle, spec: Spec) -> None: ...
+
+    @abstractmethod
+    def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
+        """Start the worker phase; return its ids (pid, job name) to keep in handle.data[phase]."""
+
+    @abstractmethod
+    def _poll(self, handle: Handle, phase: Phase) -> WorkerState: ...
+
+    @abstractmethod
+    def _stop(self, handle: Handle, phase: Phase) -> None: ...
+
+    @abstractmethod
+    def _teardown(self, handle: Handle) -> None: ...

@@ -1,0 +1,145 @@
+"""The local backend: the worker is a subprocess on this machine, the run dir a local folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from backends.base import Backend, BackendError, Features, Handle, Phase, WorkerState
+from gymflow.errors import Problem
+from gymflow.spec import LocalBackendSpec, Spec
+from gymflow.storage import local_path
+from gymflow.worker import PARENT_ENV
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 15.0
+_processes: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _alive(pid: int) -> bool:
+    proc = _processes.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_worker_of(pid: int, run_uri: str) -> bool:
+    """Whether pid is still a gymflow worker on this run dir (a recorded pid may have been reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"worker" in cmdline and run_uri.encode() in cmdline
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # the worker leads its own session, so this reaches its children too
+    except ProcessLookupError:
+        pass
+
+
+class LocalBackend(Backend):
+    """Runs `gymflow worker` as a subprocess in its own process group."""
+
+    name: ClassVar[str] = "local"
+    features: ClassVar[Features] = Features(gpu=True, spot=False, time_limit=False)
+    Settings = LocalBackendSpec
+
+    def _check(self, spec: Spec) -> list[Problem]:
+        if local_path(spec.storage) is None:
+            return [Problem("storage", f"the local backend needs a local run directory, got {spec.storage!r}")]
+        return []
+
+    def _plan(self, spec: Spec) -> Handle:
+        path = local_path(spec.storage)
+        if path is None:
+            raise BackendError(f"the local backend needs a local run directory, got {spec.storage!r}")
+        return Handle(backend=self.name, trial_id=spec.trial_id or "", run_uri=str(path.resolve()))
+
+    def _provision(self, spec: Spec) -> Handle:
+        handle = self._plan(spec)
+        Path(handle.run_uri).mkdir(parents=True, exist_ok=True)
+        return handle
+
+    def _setup(self, handle: Handle, spec: Spec) -> None:
+        return None
+
+    def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
+        run_dir = Path(handle.run_uri)
+        out = (run_dir / f"worker-{phase}.out").open("ab")
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gymflow", "worker", phase, handle.run_uri],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        out.close()
+        _processes[proc.pid] = proc
+        (run_dir / f"worker-{phase}.pid").write_text(str(proc.pid))  # teardown finds it even without the handle
+        logger.info("worker %s started as pid %d", phase, proc.pid)
+        return {"pid": proc.pid}
+
+    def _pid(self, handle: Handle, phase: Phase) -> int | None:
+        entry = handle.data.get(phase)
+        if isinstance(entry, dict) and "pid" in entry:
+            return int(entry["pid"])
+        pid_file = Path(handle.run_uri) / f"worker-{phase}.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_worker_of(pid, handle.run_uri) else None
+
+    def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
+        pid = self._pid(handle, phase)
+        if pid is None:
+            return WorkerState(running=False, detail="never launched")
+        proc = _processes.get(pid)
+        if proc is not None:
+            code = proc.poll()
+            return WorkerState(running=code is None, exit_code=code)
+        return WorkerState(running=_alive(pid), detail="exit code unknown: not a child of this process")
+
+    def _stop(self, handle: Handle, phase: Phase) -> None:
+        pid = self._pid(handle, phase)
+        if pid is None or not _alive(pid):
+            return
+        logger.info("stopping worker %s (pid %d)", phase, pid)
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            logger.warning("worker %d ignored SIGTERM for %.0f s; killing it", pid, STOP_GRACE_S)
+            _signal_group(pid, signal.SIGKILL)
+            _reap(pid, 5.0)
+        _reap(pid, 0.0)
+
+    def _teardown(self, handle: Handle) -> None:
+        for phase in ("train", "evaluate"):
+            self._stop(handle, phase)  # type: ignore[arg-type]
+
+
+def _reap(pid: int, timeout: float) -> None:
+    proc = _processes.get(pid)
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=timeout if timeout > 0 else None) if proc.poll() is None and timeout > 0 else proc.poll()
+    except subprocess.TimeoutExpired:
+        return
+    if proc.returncode is not None:
+        _processes.pop(pid, None)

@@ -1,0 +1,1 @@
+"""Prefect flows: the trial (six phases)."""

@@ -1,0 +1,81 @@
+"""The trial flow: provision, setup, train, evaluate, store — and teardown, always."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.states import Cancelled
+
+import backends
+from gymflow.spec import Spec
+from tasks import phases
+from tasks.context import TrialCancelled, TrialResult, prefect_logger
+from tasks.report import trial_markdown
+
+logger = logging.getLogger(__name__)
+
+
+def run_name(spec: Spec) -> str:
+    """<experiment>-<algo>-<env>-seed<seed>-<short id>."""
+    env = re.sub(r"[^A-Za-z0-9]+", "-", spec.env.id.split(":")[-1]).strip("-").lower()
+    short = (spec.trial_id or "").rsplit("-", 1)[-1][:6]
+    return f"{spec.name}-{spec.algorithm.name}-{env}-seed{spec.seed}-{short}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    spec = flow_run.parameters.get("spec")
+    if isinstance(spec, dict):
+        spec = Spec.model_validate(spec)
+    return run_name(spec) if isinstance(spec, Spec) else "trial"
+
+
+@flow(name="trial", flow_run_name=_flow_run_name, validate_parameters=True)
+def trial(spec: Spec, parent_run_id: str | None = None) -> Any:
+    """One trial of a resolved spec through the six phases; teardown runs on failure and cancellation."""
+    log = prefect_logger()
+    backend = backends.create(spec)  # a config error fails here, before anything is provisioned or retried
+    handle = backend.plan(spec)
+    ctx = None
+    started = time.time()
+    try:
+        handle = phases.provision(backend, spec)
+        ctx = phases.setup(backend, handle, spec, run_name(spec), parent_run_id)
+        timesteps = phases.train(backend, handle, spec, ctx)
+        report = phases.evaluate(backend, handle, spec, ctx)
+        result = phases.store(backend, handle, spec, ctx, report, timesteps)
+    except TrialCancelled as exc:
+        _record_failure(spec, ctx, handle.run_uri, started, "cancelled", str(exc))
+        log.warning("%s", exc)
+        result = None
+    except BaseException as exc:
+        _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        phases.teardown(backend, handle)
+    if result is None:
+        return Cancelled(message=f"trial {spec.trial_id} cancelled; worker stopped and teardown done")
+    log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
+    return result
+
+
+def _record_failure(spec: Spec, ctx: Any, run_uri: str, started: float, outcome: str, error: str) -> None:
+    """Mark the MLflow run and leave a summary artifact; never masks the original error."""
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        from gymflow.tracking import Tracker
+
+        if ctx is not None:
+            Tracker(ctx.tracking_uri).finish(ctx.mlflow_run_id, "KILLED" if outcome == "cancelled" else "FAILED")
+        result = TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome,
+                             duration_s=round(time.time() - started, 1), mlflow_run_id=ctx.mlflow_run_id if ctx else None,
+                             run_uri=run_uri, error=error)
+        create_markdown_artifact(trial_markdown(spec, result), description=f"trial {spec.trial_id}")
+    except Exception:  # noqa: BLE001
+        logger.warning("could not record the %s trial", outcome, exc_info=True)

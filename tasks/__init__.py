@@ -1,0 +1,1 @@
+"""One Prefect task per phase of a trial."""

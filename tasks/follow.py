@@ -1,0 +1,106 @@
+"""Run a worker phase and follow it: metrics to MLflow and Prefect, log lines to the run log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backends.base import Backend, Handle, Phase
+from gymflow.errors import WorkerError
+from gymflow.follow import RunFollower
+from gymflow.results import Status
+from gymflow.spec import Spec
+from gymflow.tracking import Tracker
+from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
+
+POLL_S = 1.0
+CANCEL_CHECK_S = 3.0
+DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
+
+
+def heartbeat_timeout(spec: Spec) -> float:
+    return float(getattr(spec.backend, "heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S))
+
+
+class _Progress:
+    """A Prefect progress artifact over the budget, updated when the percentage moves."""
+
+    def __init__(self, spec: Spec, phase: Phase) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.total = spec.budget.timesteps or spec.budget.episodes or 1
+        self.by_timesteps = spec.budget.timesteps is not None
+        self.last = 0.0
+        self.id = create_progress_artifact(0.0, description=f"{phase} progress of trial {spec.trial_id}") if phase == "train" else None
+
+    def update(self, status: Status | None) -> None:
+        if self.id is None or status is None:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        done = status.timesteps if self.by_timesteps else status.episodes
+        pct = min(100.0, round(100.0 * done / self.total, 1))
+        if pct - self.last >= 1.0 or (pct == 100.0 and self.last < 100.0):
+            update_progress_artifact(self.id, pct)
+            self.last = pct
+
+
+def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: TrialContext) -> Status:
+    """Launch `gymflow worker PHASE` and follow it to the end; raise when it fails or is lost."""
+    log = prefect_logger()
+    tracker = Tracker(ctx.tracking_uri)
+    follower = RunFollower(backend.store(handle))
+    follower.skip_existing()
+    progress = _Progress(spec, phase)
+    launched = time.time()
+    backend.launch(handle, phase)
+    last_cancel_check = time.monotonic()
+    timeout = heartbeat_timeout(spec)
+    try:
+        while True:
+            state = backend.poll(handle, phase)
+            status = _forward(follower, tracker, ctx, progress, log)
+            if not state.running:
+                status = _forward(follower, tracker, ctx, progress, log) or status
+                break
+            _check_heartbeat(status, launched, timeout, phase)
+            if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
+                last_cancel_check = time.monotonic()
+                if cancel_requested(ctx.flow_run_id):
+                    raise TrialCancelled(f"trial {spec.trial_id} cancelled during {phase}")
+            time.sleep(POLL_S)
+    except BaseException:
+        backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
+        raise
+    fresh = status if status is not None and status.phase == phase and (status.started_at or 0) >= launched - 1 else None
+    return _outcome(fresh, state.exit_code, phase)
+
+
+def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progress: _Progress, log: Any) -> Status | None:
+    update = follower.poll()
+    if update.train:
+        tracker.log_records(ctx.mlflow_run_id, update.train)
+    if update.evals:
+        tracker.log_records(ctx.mlflow_run_id, update.evals, prefix="eval/")
+    for line in update.log_lines:
+        log.info("worker | %s", line)
+    progress.update(update.status)
+    return update.status
+
+
+def _check_heartbeat(status: Status | None, launched: float, timeout: float, phase: Phase) -> None:
+    now = time.time()
+    beat = status.heartbeat_at if status is not None and (status.started_at or 0) >= launched - 1 else None
+    last = beat if beat is not None else launched
+    if now - last > timeout:
+        raise WorkerError(f"the {phase} worker's heartbeat stopped {now - last:.0f} s ago (limit {timeout:.0f} s); it is presumed lost")
+
+
+def _outcome(status: Status | None, exit_code: int | None, phase: Phase) -> Status:
+    if status is None:
+        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see worker-{phase}.out")
+    if status.state == "failed":
+        raise WorkerError(f"the {phase} worker failed: {status.error}")
+    if exit_code not in (0, None) or status.state != "completed":
+        raise WorkerError(f"the {phase} worker ended with exit code {exit_code} in state {status.state!r}")
+    return status

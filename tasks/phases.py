@@ -1,0 +1,95 @@
+"""The six phases of a trial as Prefect tasks. Thin: call the backend, record what happened."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from backends.base import Backend, Handle
+from gymflow.results import EvalReport
+from gymflow.runtime.status import library_versions
+from gymflow.spec import Spec
+from gymflow.tracking import Tracker, git_commit
+from tasks.context import TrialContext, TrialResult, current_flow_run_id, prefect_logger
+from tasks.follow import run_phase
+from tasks.retry import RETRY_DELAYS, retry_if_transient
+from tasks.report import trial_markdown
+
+
+@task(name="provision", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def provision(backend: Backend, spec: Spec) -> Handle:
+    """Acquire what the trial runs on (retried on transient errors only)."""
+    return backend.provision(spec)
+
+
+@task(name="setup", cache_policy=NO_CACHE)
+def setup(backend: Backend, handle: Handle, spec: Spec, run_name: str, parent_run_id: str | None = None) -> TrialContext:
+    """Write spec.json to the run dir and open the trial's MLflow run."""
+    backend.setup(handle, spec)
+    tracker = Tracker(spec.tracking.uri)
+    flow_run_id = current_flow_run_id()
+    tags = {f"version.{k}": v for k, v in library_versions().items()}
+    tags["prefect.flow_run_id"] = flow_run_id or ""
+    tags["gymflow.run_uri"] = handle.run_uri
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+    run_id = tracker.start(spec, run_name, tags, parent_run_id)
+    prefect_logger().info("MLflow: %s", tracker.run_url(run_id, spec.experiment))
+    return TrialContext(mlflow_run_id=run_id, tracking_uri=tracker.uri, flow_run_id=flow_run_id)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> int:
+    """Run the worker's train phase, following it; returns the timesteps trained."""
+    status = run_phase(backend, handle, "train", spec, ctx)
+    if status.stop_reason:
+        prefect_logger().info("training stopped early: %s", status.stop_reason)
+    return status.timesteps
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> EvalReport:
+    """Run the worker's evaluate phase and read eval.json."""
+    from gymflow.results import EVAL_FILE
+
+    run_phase(backend, handle, "evaluate", spec, ctx)
+    report = EvalReport.model_validate(backend.store(handle).read_json(EVAL_FILE))
+    prefect_logger().info("evaluation: %.2f ± %.2f over %d episodes", report.mean_reward, report.std_reward, report.n_episodes)
+    return report
+
+
+@task(name="store", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, report: EvalReport, timesteps: int) -> TrialResult:
+    """Record the trial: MLflow evaluation metrics, artifacts and status; a Prefect summary artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    tracker = Tracker(ctx.tracking_uri)
+    tracker.log_eval(ctx.mlflow_run_id, report)
+    logged = tracker.log_artifacts(ctx.mlflow_run_id, backend.store(handle))
+    tracker.finish(ctx.mlflow_run_id, "FINISHED")
+    result = TrialResult(
+        trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed", mean_reward=report.mean_reward,
+        std_reward=report.std_reward, timesteps=timesteps, duration_s=round(time.time() - ctx.started_at, 1),
+        mlflow_run_id=ctx.mlflow_run_id, mlflow_location=tracker.run_url(ctx.mlflow_run_id, spec.experiment),
+        run_uri=handle.run_uri, flow_run_id=ctx.flow_run_id,
+    )
+    create_markdown_artifact(trial_markdown(spec, result, logged), key=_artifact_key(spec), description=f"trial {spec.trial_id}")
+    return result
+
+
+@task(name="teardown", cache_policy=NO_CACHE)
+def teardown(backend: Backend, handle: Handle) -> None:
+    """Release everything provisioned; idempotent, runs whatever happened before."""
+    backend.teardown(handle)
+
+
+def _artifact_key(spec: Spec) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", f"trial-{spec.trial_id}".lower()).strip("-")[:100]
