@@ -38,9 +38,12 @@ def _setup_logging(level: int = logging.WARNING) -> None:
 
 
 def _resolve(spec: Path, globals_: list[Path] | None, sets: list[str] | None) -> Any:
-    from gymflow import config
+    """The resolved spec, checked against its backend too: every user error exits 2 here."""
+    from gymflow import config, pipeline
 
-    return config.resolve(spec, globals_ or [], sets or [])
+    resolved = config.resolve(spec, globals_ or [], sets or [])
+    pipeline.check_backend(resolved)
+    return resolved
 
 
 @app.command()
@@ -82,7 +85,6 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
     from gymflow import pipeline
 
     resolved = _resolve(spec, globals_, set_)
-    pipeline.check_backend(resolved)
     result = pipeline.run_trial(resolved, err)
     raise typer.Exit(pipeline.exit_code(result))
 

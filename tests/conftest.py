@@ -75,6 +75,29 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return run
 
 
+@pytest.fixture(scope="session")
+def prefect_server() -> Any:
+    """A real Prefect server for the whole session (Prefect's test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh MLflow store (sqlite, MLflow's own default kind) for one test."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _no_background_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never start gymflow's background Prefect server in the user's home."""
+    monkeypatch.setenv("GYMFLOW_HOME", str(tmp_path / "gymflow-home"))
+
+
 @pytest.fixture
 def make_run(tmp_path: Path) -> Callable[..., Any]:
     """Resolve a spec mapping and write its spec.json, as the setup phase does; return the RunStore."""

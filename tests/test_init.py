@@ -62,7 +62,8 @@ def test_validate_prints_the_resolved_spec(cli: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_init_ppo_cartpole_trained_through_the_worker_reaches_475(cli: Any, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("prefect_server", "mlflow_uri")
+def test_init_ppo_cartpole_run_through_the_pipeline_reaches_475(cli: Any, tmp_path: Path) -> None:
     """The headline: the generated spec, seed 0, 100k timesteps, 10 deterministic episodes >= 475."""
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(cli("init", "--algo", "ppo", "--env", "CartPole-v1").stdout)

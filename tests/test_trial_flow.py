@@ -1,0 +1,210 @@
+"""The trial flow on a real Prefect server (prefect_test_harness) with real MLflow and real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import base_spec
+from gymflow import config
+from gymflow.spec import Spec
+
+PHASES = ["provision", "setup", "train", "evaluate", "store", "teardown"]
+
+
+def _spec(tmp_path: Path, **overrides: Any) -> Spec:
+    data = base_spec(**overrides)
+    data.setdefault("storage", str(tmp_path / "runs" / "${trial_id}"))
+    return config.resolve(data)
+
+
+def _faulty(tmp_path: Path, **settings: Any) -> Spec:
+    return _spec(tmp_path, backend={"kind": "fault_backends:FaultyBackend", **settings})
+
+
+def _task_runs(flow_run_id: Any) -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    out: dict[str, list[str]] = {}
+    for run in runs:
+        out.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.type.value)
+    return out
+
+
+def _run(spec: Spec) -> Any:
+    from flows.trial import trial
+
+    return trial(spec, return_state=True)
+
+
+def _workers_gone(run_dir: Path) -> bool:
+    for pid_file in run_dir.glob("worker-*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        status = Path(f"/proc/{pid}/status")
+        if status.exists() and "zombie" not in status.read_text():
+            return False
+    return True
+
+
+def _teardowns(run_dir: Path) -> int:
+    path = run_dir / "teardown.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_trial_runs_six_phases_and_tracks_everything_in_mlflow(tmp_path: Path, mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = _spec(tmp_path, env={"id": "CartPole-v1", "n_envs": 2, "normalize": True})
+    state = _run(spec)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.outcome == "completed" and result.timesteps == 512 and result.mean_reward is not None
+    assert {name: states for name, states in _task_runs(state.state_details.flow_run_id).items()} == {
+        name: ["COMPLETED"] for name in PHASES}
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["env.id"] == "CartPole-v1" and run.data.params["budget.timesteps"] == "512"
+    assert run.data.params["algorithm.hyperparams.n_steps"] == "64"
+    assert run.data.metrics["eval/final_mean_reward"] == pytest.approx(result.mean_reward)
+    assert len(client.get_metric_history(run.info.run_id, "train/value_loss")) >= 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/mean_reward")] == [256, 512]
+    tags = run.data.tags
+    assert tags["gymflow.backend"] == "local" and tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert tags["version.stable-baselines3"] and tags["version.torch"] and tags["version.gymnasium"] and tags["version.gymflow"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"model.zip", "vecnormalize.pkl", "spec.json", "eval.json", "learning_curve.png", "worker.log"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_training_metrics_reach_mlflow_while_the_worker_still_runs(tmp_path: Path, mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = _spec(tmp_path, budget={"timesteps": 30000}, evaluation={"every_timesteps": 5000, "episodes": 1},
+                 algorithm={"name": "ppo", "hyperparams": {"n_steps": 64, "batch_size": 128, "n_epochs": 1}})
+    holder: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("state", _run(spec)))
+    thread.start()
+    client, seen_while_running = MlflowClient(mlflow_uri), 0
+    deadline = time.monotonic() + 300
+    while thread.is_alive() and time.monotonic() < deadline:
+        status_file = Path(spec.storage) / "status.json"
+        running = status_file.exists() and json.loads(status_file.read_text()).get("state") == "running"
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1)
+        if running and runs:
+            points = client.get_metric_history(runs[0].info.run_id, "rollout/ep_rew_mean")
+            seen_while_running = max(seen_while_running, len(points))
+        time.sleep(0.5)
+    thread.join()
+    assert holder["state"].is_completed()
+    assert seen_while_running >= 5
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(("fail_in", "message"), [
+    ("setup", "could not prepare the worker image"),
+    ("train", "simulator diverged"),
+    ("evaluate", "the evaluate worker failed"),
+    ("store", "artifact store unavailable"),
+])
+def test_failure_in_any_phase_still_tears_down_and_keeps_the_original_error(
+        fail_in: str, message: str, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides: dict[str, Any] = {"backend": {"kind": "fault_backends:FaultyBackend", "fail_in": "" if fail_in in ("train", "store") else fail_in}}
+    if fail_in == "train":
+        overrides["env"] = {"id": "sim_envs:ExplodingEnv", "kwargs": {"fail_after": 100}}
+    if fail_in == "store":
+        from gymflow.tracking import Tracker
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("artifact store unavailable")
+
+        monkeypatch.setattr(Tracker, "log_artifacts", broken)
+    spec = _spec(tmp_path, **overrides)
+    state = _run(spec)
+    assert state.is_failed()
+    assert message in state.message or message in str(state.result(raise_on_failure=False))
+    run_dir = Path(spec.storage)
+    assert _teardowns(run_dir) == 1
+    assert _workers_gone(run_dir)
+    runs = _task_runs(state.state_details.flow_run_id)
+    assert runs["teardown"] == ["COMPLETED"] and runs[fail_in] == ["FAILED"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_transient_provision_error_is_retried_and_the_trial_succeeds(tmp_path: Path, mlflow_uri: str) -> None:
+    spec = _faulty(tmp_path, transient_failures=1)
+    state = _run(spec)
+    assert state.is_completed(), state.message
+    calls = (Path(spec.storage) / "provision_calls.jsonl").read_text().splitlines()
+    assert len(calls) == 2
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_config_error_in_provision_is_not_retried(tmp_path: Path, mlflow_uri: str) -> None:
+    spec = _faulty(tmp_path, fail_in="provision")
+    state = _run(spec)
+    assert state.is_failed() and "machine type 'n9-huge' does not exist" in str(state.result(raise_on_failure=False))
+    assert len((Path(spec.storage) / "provision_calls.jsonl").read_text().splitlines()) == 1
+    assert _teardowns(Path(spec.storage)) == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_lost_heartbeat_fails_the_train_task_and_kills_the_worker(tmp_path: Path, mlflow_uri: str) -> None:
+    spec = _faulty(tmp_path, fail_in="hang", heartbeat_timeout_s=3)
+    state = _run(spec)
+    assert state.is_failed()
+    assert "heartbeat stopped" in str(state.result(raise_on_failure=False))
+    assert _workers_gone(Path(spec.storage)) and _teardowns(Path(spec.storage)) == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cancelling_a_running_trial_stops_the_worker_and_tears_down(tmp_path: Path, mlflow_uri: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.states import Cancelling
+
+    from flows.trial import run_name
+
+    spec = _faulty(tmp_path)
+    spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"timesteps": 200_000})})
+    holder: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("state", _run(spec)))
+    thread.start()
+    status_file = Path(spec.storage) / "status.json"
+    deadline = time.monotonic() + 120
+    while not (status_file.exists() and json.loads(status_file.read_text()).get("state") == "running"):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.2)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name(spec)])))
+        running = [r for r in runs if not r.state.is_final()]
+        client.set_flow_run_state(running[0].id, Cancelling(), force=True)
+    thread.join(120)
+    state = holder["state"]
+    assert state.is_cancelled()
+    run_dir = Path(spec.storage)
+    assert _workers_gone(run_dir) and _teardowns(run_dir) == 1
+    assert json.loads(status_file.read_text())["state"] == "interrupted"  # the worker checkpointed on its way out
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_unknown_backend_is_a_spec_error_before_anything_runs(tmp_path: Path, cli: Any, write_spec: Any) -> None:
+    result = cli("run", write_spec(base_spec(backend={"kind": "lokal"})))
+    assert result.code == 2
+    assert "backend.kind: unknown backend 'lokal'. Did you mean 'local'? Registered: local" in result.stderr
+    assert not (tmp_path / "runs").exists()
