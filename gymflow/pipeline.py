@@ -47,6 +47,9 @@ def run_trial(spec: Spec, console: Console) -> Any:
     if url:
         console.print(f"Prefect UI: {url}", highlight=False)
     _summary(state, result, console)
+    import resource
+
+    console.print(f"orchestrator peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", style="dim")
     return state
 
 

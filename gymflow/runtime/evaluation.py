@@ -12,14 +12,20 @@ from gymflow.storage import RunStore
 logger = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 10_000
+MAX_EVAL_ENVS = 8
 
 
 def eval_env(spec: Spec, stats_path: str | None = None, seed_offset: int = EVAL_SEED_OFFSET) -> Any:
-    """A single-env VecEnv for evaluation: same wrappers, frozen statistics, raw rewards."""
+    """A VecEnv for evaluation: same wrappers, frozen statistics, raw rewards.
+
+    Episodes are spread over up to MAX_EVAL_ENVS envs stepped together, so the policy
+    acts on a batch per step instead of one observation at a time.
+    """
     from gymflow.runtime.envs import build_vec_env
 
     gamma = float(spec.algorithm.hyperparams.get("gamma", 0.99))
-    return build_vec_env(spec.env, spec.seed + seed_offset, 1, training=False, gamma=gamma, stats_path=stats_path)
+    n_envs = min(spec.evaluation.episodes, MAX_EVAL_ENVS)
+    return build_vec_env(spec.env, spec.seed + seed_offset, n_envs, training=False, gamma=gamma, stats_path=stats_path)
 
 
 def run_episodes(model: Any, venv: Any, episodes: int, deterministic: bool) -> EvalReport:

@@ -23,6 +23,13 @@ BEST_DIR = "best"
 ProgressHook = Callable[[int, int], None]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def load_spec(store: RunStore) -> Spec:
     """The resolved spec that setup wrote to the run dir."""
     if not store.exists(SPEC_FILE):
@@ -150,8 +157,8 @@ class Trainer:
             train_metrics.close()
             self._publish_metrics()
         elapsed = time.perf_counter() - started
-        logger.info("trained %d timesteps in %.1f s (%.0f steps/s)", model.num_timesteps - done, elapsed,
-                    (model.num_timesteps - done) / max(elapsed, 1e-9))
+        logger.info("trained %d timesteps in %.1f s (%.0f steps/s), peak memory %.0f MB", model.num_timesteps - done, elapsed,
+                    (model.num_timesteps - done) / max(elapsed, 1e-9), peak_rss_mb())
         if evaluation is not None and self.progress.last_eval_timesteps != model.num_timesteps and not self.progress.stop_requested.is_set():
             evaluation()
 
