@@ -55,6 +55,7 @@ def render(algo_name: str, env_id: str, name: str | None = None) -> str:
     entry, tuned = tuned_entry(algo, env_id)
     timesteps = int(entry.get("timesteps", 1_000_000))
     every = max(1_000, timesteps // 10)
+    eval_every = max(1_000, timesteps // 4)
     base = re.sub(r"-v\d+$", "", env_id.split(":")[-1].split("/")[-1]).lower()
     exp_name = name or f"{base}-{algo}".replace("_", "-")
     threshold = _reward_threshold(env_id)
@@ -92,7 +93,7 @@ def render(algo_name: str, env_id: str, name: str | None = None) -> str:
         f"  timesteps: {timesteps}              # or episodes: N (exactly one)",
         "seed: 0",
         "evaluation:",
-        f"  every_timesteps: {every}          # periodic evaluation on a separate env",
+        f"  every_timesteps: {eval_every}          # periodic evaluation on a separate env",
         "  episodes: 10                   # episodes per evaluation",
         "  deterministic: true",
         "  keep_best: true                # final model = best evaluated model",

@@ -72,7 +72,7 @@ class Tracker:
 
     def start(self, spec: Spec, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         """Create the trial's run with the flat spec as params; returns its run id."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         all_tags = {"gymflow.trial_id": spec.trial_id or "", "gymflow.backend": spec.backend.kind, **tags}
         if parent_run_id:

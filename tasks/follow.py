@@ -13,7 +13,7 @@ from gymflow.spec import Spec
 from gymflow.tracking import Tracker
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
-POLL_S = 1.0
+POLL_S = 0.5
 CANCEL_CHECK_S = 3.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +96,7 @@ def test_teardown_stops_a_running_worker_found_through_its_pid_file(tmp_path: Pa
 def test_a_recycled_pid_in_a_stale_pid_file_is_left_alone(tmp_path: Path) -> None:
     spec = config.resolve(base_spec(storage=str(tmp_path / "run")), deep=False)
     backend = backends.create(spec)
-    handle = backend.provision(spec)
+    backend.provision(spec)
     (tmp_path / "run" / "worker-train.pid").write_text(str(os.getpid()))  # this pytest process is no worker
     backend.teardown(backend.plan(spec))  # must not signal us
+    os.kill(os.getpid(), 0)  # still here

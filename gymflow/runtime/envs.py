@@ -90,7 +90,7 @@ def build_vec_env(spec: EnvSpec, seed: int, n_envs: int, training: bool, gamma: 
     With ``stats_path`` the VecNormalize statistics are loaded from it. Evaluation envs
     (``training=False``) never update statistics and report unnormalised rewards.
     """
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
     fns = [_env_fn(spec, seed + i) for i in range(n_envs)]
     use_subproc = spec.vectorization == "subprocess" and training and n_envs > 1
