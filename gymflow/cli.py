@@ -89,6 +89,23 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
     raise typer.Exit(pipeline.exit_code(result))
 
 
+@app.command()
+def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
+    """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
+    from gymflow import pipeline
+    from gymflow.sweep import expand
+
+    base, trials = expand(spec, globals_ or [], set_ or [])
+    for trial in trials[:1]:
+        pipeline.check_backend(trial)
+    state, result = pipeline.run_sweep(base, trials, err)
+    if not state.is_completed():
+        err.print(f"[bold red]sweep failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
+        raise typer.Exit(1)
+    pipeline.print_sweep(result, out)
+    raise typer.Exit(1 if result.failed else 0)
+
+
 server_app = typer.Typer(help="The local Prefect server gymflow starts once and reuses.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
 

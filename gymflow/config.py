@@ -163,7 +163,7 @@ def _substitute_string(text: str, where: str, variables: dict[str, Any], keep: t
 
 def trial_id_for(spec: Spec) -> str:
     """A short, stable id derived from what the trial computes (not where it runs or is stored)."""
-    content = spec.model_dump(mode="json", exclude={"storage", "trial_id", "backend", "tracking", "description"})
+    content = spec.model_dump(mode="json", exclude={"storage", "trial_id", "backend", "tracking", "description", "sweep"})
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
     algo = spec.algorithm.name
     return f"{algo}-s{spec.seed}-{digest}"
@@ -200,14 +200,10 @@ def _deep_checks(data: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def resolve(
-    spec: str | Path | dict[str, Any],
-    globals_files: Sequence[str | Path] = (),
-    overrides: Sequence[str] = (),
-    trial_id: str | None = None,
-    deep: bool = True,
-) -> Spec:
-    """The resolved, validated Spec; a SpecError with every problem otherwise."""
+def load_raw(
+    spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The merged raw spec (file < globals < --set), the globals' variables, and the source name."""
     source = None if isinstance(spec, dict) else str(spec)
     data = copy.deepcopy(spec) if isinstance(spec, dict) else load_mapping(spec)
     variables: dict[str, Any] = {}
@@ -218,12 +214,14 @@ def resolve(
     for text in overrides:
         path, value = parse_override(text)
         data = apply_override(data, path, value)
+    return data, variables, source
 
-    variables.update(
-        experiment=data.get("name", ""),
-        seed=data.get("seed", 0),
-        date=_dt.date.today().isoformat(),
-    )
+
+def resolve_data(data: dict[str, Any], variables: dict[str, Any], source: str | None = None,
+                 trial_id: str | None = None, deep: bool = True) -> Spec:
+    """Substitute, validate and check a merged raw spec; set its trial id."""
+    variables = {**variables, "experiment": data.get("name", ""), "seed": data.get("seed", 0),
+                 "date": _dt.date.today().isoformat()}
     data, problems = substitute(data, variables, keep=("trial_id",))
     try:
         resolved = Spec.model_validate(data)
@@ -236,9 +234,21 @@ def resolve(
         raise SpecError(_unique(problems), source)
 
     tid = trial_id or resolved.trial_id or trial_id_for(resolved)
-    final, _ = substitute(resolved.model_dump(mode="json"), {**variables, "trial_id": tid})
+    final, _ = substitute(resolved.model_dump(mode="json", exclude_none=False), {**variables, "trial_id": tid})
     final["trial_id"] = tid
     return Spec.model_validate(final)
+
+
+def resolve(
+    spec: str | Path | dict[str, Any],
+    globals_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    trial_id: str | None = None,
+    deep: bool = True,
+) -> Spec:
+    """The resolved, validated Spec; a SpecError with every problem otherwise."""
+    data, variables, source = load_raw(spec, globals_files, overrides)
+    return resolve_data(data, variables, source, trial_id, deep)
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -71,3 +71,64 @@ def exit_code(state: Any) -> int:
     if state.is_completed():
         return 0
     return 130 if state.is_cancelled() else 1
+
+
+def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:
+    """Absolute storage and tracking locations, so a Dask worker started elsewhere writes to the same places."""
+    from pathlib import Path
+
+    from gymflow.storage import local_path
+
+    updates: dict[str, Any] = {}
+    path = local_path(trial.storage)
+    if path is not None and not path.is_absolute():
+        updates["storage"] = str(path.resolve())
+    if trial.tracking.uri is None:
+        updates["tracking"] = trial.tracking.model_copy(update={"uri": tracking_uri})
+    return trial.model_copy(update=updates) if updates else trial
+
+
+def run_sweep(base: Spec, trials: list[Spec], console: Console) -> Any:
+    """Run the sweep flow against a real Prefect server (never the per-process temporary one)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gymflow import server
+    from gymflow.tracking import Tracker, absolute_uri
+
+    assert base.sweep is not None
+    api_url = server.ensure_api() or server.start().api_url  # Dask workers must all report to one server
+    tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
+    pinned = [pin_for_workers(t, tracking_uri) for t in trials]
+    varied = sorted({*base.sweep.grid, *(base.sweep.random.params if base.sweep.random else {})})
+    console.print(f"sweep [bold]{base.name}[/bold]: {len(pinned)} trials", highlight=False)
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        from flows.sweep import sweep
+
+        state = sweep(base.name, pinned, varied, base.sweep.max_parallel, base.sweep.dask_address, return_state=True)
+        result = state.result(raise_on_failure=False)
+        flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    url = ui_url(api_url, flow_run_id)
+    if url:
+        console.print(f"Prefect UI: {url}", highlight=False)
+    return state, result
+
+
+def print_sweep(result: Any, console: Console) -> None:
+    """The comparison table, the best configuration and what failed."""
+    from rich.table import Table
+
+    table = Table("trial", "configuration", "seed", "mean reward", "timesteps", "status")
+    for row in result.rows:
+        reward = f"{row.mean_reward:.2f} ± {row.std_reward:.2f}" if row.mean_reward is not None else "–"
+        table.add_row(row.trial_id, row.config_key, str(row.seed), reward, str(row.timesteps), row.status)
+    console.print(table)
+    for c in result.configs:
+        console.print(f"  {c.config}: {c.mean_reward:.2f} ± {c.std_over_seeds:.2f} over {c.seeds} seed(s)", highlight=False)
+    if result.best:
+        console.print(f"[bold green]best configuration[/bold green]: {result.best}", highlight=False)
+    if result.skipped:
+        console.print(f"{result.skipped} trial(s) had finished earlier and were not run again")
+    for row in result.rows:
+        if row.status != "completed":
+            console.print(f"[bold red]{row.status}[/bold red] {row.trial_id}: {row.error}", highlight=False)
+    console.print(f"comparison plot: {result.plot} (also in MLflow run {result.mlflow_parent_run_id})", highlight=False)

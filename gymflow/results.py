@@ -34,6 +34,7 @@ class Status(BaseModel):
     stop_reason: str | None = None
     device: str | None = None
     pid: int | None = None
+    parent_pid: int | None = None
     host: str | None = None
     started_at: float | None = None
     heartbeat_at: float | None = None

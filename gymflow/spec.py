@@ -251,6 +251,62 @@ BackendSpec = Annotated[
     Discriminator(_backend_kind),
 ]
 
+class Distribution(_Model):
+    """A sampled value: uniform/loguniform in [low, high), int in [low, high], or a choice of values."""
+
+    distribution: Literal["uniform", "loguniform", "int", "choice"] = Field(description="How to draw the value.")
+    low: float | None = Field(None, description="Lower bound (uniform, loguniform > 0, int).")
+    high: float | None = Field(None, description="Upper bound, greater than low.")
+    values: list[Any] | None = Field(None, min_length=1, description="The values for choice.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Distribution:
+        if self.distribution == "choice":
+            if not self.values:
+                raise PydanticCustomError("distribution", "choice needs values: [...]", {})
+            return self
+        if self.low is None or self.high is None:
+            raise PydanticCustomError("distribution", "{msg}", {"msg": f"{self.distribution} needs low and high"})
+        if self.low >= self.high:
+            raise PydanticCustomError("distribution", "{msg}", {"msg": f"low ({self.low:g}) must be less than high ({self.high:g})"})
+        if self.distribution == "loguniform" and self.low <= 0:
+            raise PydanticCustomError("distribution", "{msg}", {"msg": f"loguniform needs low > 0, got {self.low:g}"})
+        return self
+
+
+class RandomSearch(_Model):
+    """n random configurations, drawn reproducibly."""
+
+    n: int = Field(ge=1, le=10_000, description="Number of sampled configurations.")
+    seed: int = Field(0, ge=0, description="Seed of the sampler (not of the trials).")
+    params: dict[str, Distribution] = Field(min_length=1, description="Dotted spec path -> distribution.")
+
+
+class SweepSpec(_Model):
+    """Many trials of one spec: grid x random samples x seeds, run in parallel on Dask."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted spec path -> values; every combination runs.")
+    random: RandomSearch | None = Field(None, description="Random search, crossed with the grid.")
+    seeds: list[int] = Field(default_factory=list, description="Seeds, crossed with the rest (default: the spec's seed).")
+    max_parallel: int | None = Field(None, ge=1, le=1024, description="Trials at once (default: the Dask workers' count).")
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (or GYMFLOW_DASK_ADDRESS); default: a local cluster.")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for path, values in grid.items():
+            if not values:
+                raise PydanticCustomError("grid", "{msg}", {"msg": f"grid.{path} is empty; give at least one value"})
+        return grid
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise PydanticCustomError("seeds", "seeds must be distinct non-negative integers", {})
+        return seeds
+
+
 _ZOO_LIFTS = {"n_envs": ("env", "n_envs"), "normalize": ("env", "normalize"), "frame_stack": ("env", "frame_stack"), "policy": ("algorithm", "policy")}
 
 
@@ -268,6 +324,7 @@ class Spec(_Model):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str = Field(DEFAULT_STORAGE, description="Run directory: a local path or file://, gs://bucket/..., az://container/...")
     backend: BackendSpec = Field(default_factory=LocalBackendSpec)
+    sweep: SweepSpec | None = Field(None, description="Run many trials of this spec (gymflow sweep); absent in a trial's spec.")
     trial_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Set by gymflow: derived from the resolved spec.")
 
     @model_validator(mode="before")

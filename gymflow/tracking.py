@@ -48,6 +48,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def absolute_uri(uri: str) -> str:
+    """sqlite:///mlflow.db -> sqlite:////abs/mlflow.db; a relative folder -> its absolute path."""
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
 class Tracker:
     """MLflow access for trials of one tracking store."""
 
@@ -57,6 +68,13 @@ class Tracker:
 
         self.uri = uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
+
+    @staticmethod
+    def default_uri() -> str:
+        """MLFLOW_TRACKING_URI, or MLflow's own local default."""
+        import mlflow
+
+        return mlflow.get_tracking_uri()
 
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)

@@ -54,7 +54,7 @@ class StatusFile:
 
     def start(self, **fields: Any) -> None:
         now = time.time()
-        self.update(pid=os.getpid(), host=socket.gethostname(), started_at=now, finished_at=None, error=None,
+        self.update(pid=os.getpid(), parent_pid=os.getppid(), host=socket.gethostname(), started_at=now, finished_at=None, error=None,
                     stop_reason=None, versions=library_versions(), **fields)
         self._thread = threading.Thread(target=self._beat, name="gymflow-heartbeat", daemon=True)
         self._thread.start()

@@ -78,7 +78,7 @@ class Trainer:
             logger.info("training already completed in %s; nothing to do", self.store.uri)
             return "completed"
         device = resolve_device(spec.algorithm.device)
-        self.status.start(state="running", phase="train", device=device,
+        self.status.start(state="running", phase="train", device=device, resumed_from=None,
                           budget_timesteps=spec.budget.timesteps, budget_episodes=spec.budget.episodes)
         try:
             with _StopOnSignal(self.progress):

@@ -1,0 +1,191 @@
+"""The sweep flow: every trial through the trial flow, in parallel on Dask, then one comparison."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from pydantic import BaseModel
+
+from gymflow import compare
+from gymflow.errors import MissingExtraError
+from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
+from gymflow.spec import Spec
+from gymflow.storage import open_run
+from gymflow.tracking import Tracker
+from tasks.context import TrialResult, prefect_logger
+
+logger = logging.getLogger(__name__)
+
+DASK_ADDRESS_ENV = "GYMFLOW_DASK_ADDRESS"
+Runner = Literal["dask", "threads"]
+
+
+class SweepResult(BaseModel):
+    name: str
+    rows: list[compare.TrialRow]
+    configs: list[compare.ConfigSummary]
+    best: str | None = None
+    failed: int = 0
+    skipped: int = 0
+    mlflow_parent_run_id: str | None = None
+    plot: str | None = None
+
+
+@task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{spec.trial_id}")
+def run_trial(spec: Spec, parent_run_id: str | None = None) -> TrialResult:
+    """One trial flow on a Dask worker. Never raises: a failed trial is a result, not a stop."""
+    from flows.trial import trial
+
+    state = trial(spec, parent_run_id=parent_run_id, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, TrialResult):
+        return result
+    outcome = "cancelled" if state.is_cancelled() else "failed"
+    error = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else (state.message or outcome)
+    return TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome, run_uri=spec.storage, error=error)
+
+
+def sweep_id(trials: list[Spec]) -> str:
+    return hashlib.sha256(",".join(sorted(t.trial_id or "" for t in trials)).encode()).hexdigest()[:12]
+
+
+def _finished_earlier(spec: Spec) -> TrialResult | None:
+    """The result of a trial whose run dir holds a completed evaluation."""
+    try:
+        store = open_run(spec.storage)
+        if not store.exists(EVAL_FILE):
+            return None
+        status = Status.model_validate(store.read_json(STATUS_FILE))
+        report = EvalReport.model_validate(store.read_json(EVAL_FILE))
+    except Exception:  # noqa: BLE001 - anything unreadable is simply run again
+        return None
+    if status.state != "completed" or status.phase != "evaluate":
+        return None
+    return TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed",
+                       mean_reward=report.mean_reward, std_reward=report.std_reward, timesteps=report.timesteps,
+                       run_uri=spec.storage)
+
+
+def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
+    if runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise MissingExtraError("prefect_dask", "dask", "Running a sweep on Dask") from None
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> str:
+    """The sweep's MLflow run: reused when the same sweep runs again, so its trials stay nested under it."""
+    exp_id = tracker.experiment_id(trials[0].experiment)
+    found = tracker.client.search_runs([exp_id], filter_string=f"tags.`gymflow.sweep_id` = '{sid}'", max_results=1)
+    if found:
+        tracker.client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run = tracker.client.create_run(exp_id, run_name=f"sweep-{name}", tags={"gymflow.sweep_id": sid, "gymflow.sweep": name})
+    tracker.client.log_param(run.info.run_id, "trials", str(len(trials)))
+    return run.info.run_id
+
+
+@flow(name="sweep", flow_run_name="sweep-{name}")
+def sweep(name: str, trials: list[Spec], varied: list[str], max_parallel: int | None = None,
+          dask_address: str | None = None, runner: Runner = "dask") -> SweepResult:
+    """Run every trial (skipping ones finished earlier), isolate failures, and compare the results."""
+    log = prefect_logger()
+    tracker = Tracker(trials[0].tracking.uri)
+    sid = sweep_id(trials)
+    parent = _parent_run(tracker, name, trials, sid)
+    results: dict[str, TrialResult] = {}
+    todo = []
+    for spec in trials:
+        earlier = _finished_earlier(spec)
+        if earlier is not None:
+            results[spec.trial_id or ""] = earlier
+        else:
+            todo.append(spec)
+    skipped = len(results)
+    log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(trials), skipped, len(todo))
+    address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    workers = max_parallel or min(len(todo) or 1, os.cpu_count() or 1)
+    if todo:
+        results.update(_run_all(todo, parent, _task_runner(runner, address, workers), max_parallel or len(todo)))
+    return _compare(name, trials, varied, results, skipped, tracker, parent)
+
+
+def _run_all(todo: list[Spec], parent: str, task_runner: Any, limit: int) -> dict[str, TrialResult]:
+    """Submit at most `limit` trials at a time; collect every result, whatever happens to each."""
+    results: dict[str, TrialResult] = {}
+    pending = list(todo)
+    with task_runner:
+        running: dict[Any, Spec] = {}
+        while pending or running:
+            while pending and len(running) < limit:
+                spec = pending.pop(0)
+                running[task_runner.submit(run_trial, parameters={"spec": spec, "parent_run_id": parent})] = spec
+            done = next(iter(as_completed(list(running))))
+            spec = running.pop(done)
+            try:
+                results[spec.trial_id or ""] = done.result()
+            except BaseException as exc:  # noqa: BLE001 - a lost Dask worker fails one trial, not the sweep
+                results[spec.trial_id or ""] = TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment,
+                                                           outcome="failed", run_uri=spec.storage, error=f"{type(exc).__name__}: {exc}")
+    return results
+
+
+def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str, TrialResult], skipped: int,
+             tracker: Tracker, parent: str) -> SweepResult:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from gymflow.sweep import varied_values
+
+    rows = []
+    for spec in trials:
+        r = results[spec.trial_id or ""]
+        rows.append(compare.TrialRow(trial_id=r.trial_id, config=varied_values(spec, varied), seed=spec.seed, status=r.outcome,
+                                     mean_reward=r.mean_reward, std_reward=r.std_reward, timesteps=r.timesteps,
+                                     duration_s=r.duration_s, run_uri=r.run_uri or spec.storage, error=r.error))
+    configs = compare.summarise(rows)
+    failed = sum(r.status != "completed" for r in rows)
+    folder = Path(os.path.commonpath([Path(s.storage).resolve() for s in trials]))
+    plot = compare.plot_curves(rows, f"sweep {name}: evaluation reward by configuration", folder / f"sweep-{name}.png")
+    tracker.client.log_artifact(parent, str(plot))
+    if configs:
+        tracker.client.log_metric(parent, "best_mean_reward", configs[0].mean_reward)
+    tracker.set_tags(parent, {"gymflow.best_config": configs[0].config if configs else "", "gymflow.failed_trials": str(failed)})
+    tracker.finish(parent, "FAILED" if failed else "FINISHED")
+    create_table_artifact(compare.table(rows), key=f"sweep-{_slug(name)}", description=f"trials of sweep {name}")
+    best = configs[0].config if configs else None
+    create_markdown_artifact(_summary_markdown(name, configs, rows, failed), description=f"sweep {name}")
+    return SweepResult(name=name, rows=rows, configs=configs, best=best, failed=failed, skipped=skipped,
+                       mlflow_parent_run_id=parent, plot=str(plot))
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:80] or "sweep"
+
+
+def _summary_markdown(name: str, configs: list[compare.ConfigSummary], rows: list[compare.TrialRow], failed: int) -> str:
+    lines = [f"# Sweep `{name}`", "", f"{len(rows)} trials, {failed} failed.", "",
+             "| configuration | mean reward over seeds | seeds | failed |", "| --- | --- | --- | --- |"]
+    lines += [f"| {c.config} | {c.mean_reward:.2f} ± {c.std_over_seeds:.2f} | {c.seeds} | {c.failed} |" for c in configs]
+    if configs:
+        lines += ["", f"**Best configuration:** {configs[0].config}"]
+    for row in rows:
+        if row.status != "completed":
+            lines.append(f"- trial `{row.trial_id}` {row.status}: {row.error}")
+    return "\n".join(lines) + "\n"

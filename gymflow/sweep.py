@@ -1,0 +1,140 @@
+"""Expand a spec's sweep section into trials: grid x random samples x seeds, each a resolved Spec.
+
+A trial's id comes from its resolved content (config.trial_id_for), so the same sweep
+always yields the same ids, and so the same run directories: a rerun skips what finished
+and resumes what did not.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel
+
+from gymflow import config
+from gymflow.errors import Problem, SpecError
+from gymflow.spec import Distribution, Spec, SweepSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        for inner in get_args(candidate):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
+
+
+def check_path(path: str) -> str | None:
+    """None when path names a spec field (anything below a mapping field is allowed); else why not."""
+    model: type[BaseModel] | None = Spec
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if model is None:
+            return None
+        if part not in model.model_fields or (model is Spec and part in ("sweep", "trial_id", "name")):
+            fields = [f for f in model.model_fields if not (model is Spec and f in ("sweep", "trial_id", "name"))]
+            prefix = ".".join(parts[:i])
+            options = [f"{prefix}.{f}" if prefix else f for f in fields]
+            close = get_close_matches(path, _known_paths(), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            return f"{path!r} is not a spec field.{hint} Fields here: {', '.join(options)}"
+        annotation = model.model_fields[part].annotation
+        if get_origin(annotation) is dict or annotation is dict:
+            return None  # hyperparams, kwargs, scenario: free-form below
+        model = _model_of(annotation)
+    return None
+
+
+def _known_paths() -> list[str]:
+    out = []
+    for name, field in Spec.model_fields.items():
+        sub = _model_of(field.annotation)
+        if sub is None:
+            out.append(name)
+        else:
+            out += [f"{name}.{f}" for f in sub.model_fields]
+    return out + ["algorithm.hyperparams.learning_rate", "algorithm.hyperparams.gamma", "algorithm.hyperparams.batch_size"]
+
+
+def _draw(dist: Distribution, rng: np.random.Generator) -> Any:
+    if dist.distribution == "choice":
+        assert dist.values is not None
+        return dist.values[int(rng.integers(len(dist.values)))]
+    low, high = float(dist.low or 0.0), float(dist.high or 0.0)
+    if dist.distribution == "uniform":
+        return float(rng.uniform(low, high))
+    if dist.distribution == "loguniform":
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    return int(rng.integers(int(low), int(high) + 1))
+
+
+def combinations(sweep: SweepSpec, default_seed: int) -> list[dict[str, Any]]:
+    """Every trial's overrides {dotted path: value}, grid x random x seeds, in a stable order."""
+    grid = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())] or [{}]
+    samples: list[dict[str, Any]] = [{}]
+    if sweep.random is not None:
+        rng = np.random.default_rng(sweep.random.seed)
+        samples = [{path: _draw(d, rng) for path, d in sweep.random.params.items()} for _ in range(sweep.random.n)]
+    seeds = sweep.seeds or [default_seed]
+    return [{**g, **r, "seed": seed} for g in grid for r in samples for seed in seeds]
+
+
+def _problems_of_paths(sweep: SweepSpec) -> list[Problem]:
+    problems = []
+    for section, paths in (("grid", list(sweep.grid)), ("random.params", list(sweep.random.params) if sweep.random else [])):
+        for path in paths:
+            why = check_path(path)
+            if why:
+                problems.append(Problem(f"sweep.{section}.{path}", why))
+    return problems
+
+
+def expand(spec_file: str | Path | dict[str, Any], globals_files: list[str | Path] | tuple = (),
+           overrides: list[str] | tuple = ()) -> tuple[Spec, list[Spec]]:
+    """The resolved sweep spec and its trials; a SpecError with every problem otherwise."""
+    data, variables, source = config.load_raw(spec_file, globals_files, overrides)
+    base = config.resolve_data(copy.deepcopy(data), variables, source)
+    if base.sweep is None:
+        raise SpecError([Problem("sweep", "this spec has no sweep section: add one (sweep: {grid: {...}, seeds: [0, 1, 2]}) "
+                                          "or run a single trial with `gymflow run`")], source)
+    problems = _problems_of_paths(base.sweep)
+    if problems:
+        raise SpecError(problems, source)
+    trials: dict[str, Spec] = {}
+    for combo in combinations(base.sweep, base.seed):
+        raw = copy.deepcopy(data)
+        raw.pop("sweep", None)
+        for path, value in combo.items():
+            raw = config.apply_override(raw, path.split("."), value)
+        try:
+            trial = config.resolve_data(raw, variables, source, deep=not trials)
+        except SpecError as exc:
+            varied = ", ".join(f"{k}={v!r}" for k, v in combo.items())
+            problems += [Problem(p.path, f"{p.message} (in the trial with {varied})") for p in exc.problems]
+            continue
+        trials.setdefault(trial.trial_id or "", trial)
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)), source)
+    return base, list(trials.values())
+
+
+def varied_values(spec: Spec, paths: list[str]) -> dict[str, Any]:
+    """The values a trial has at the swept paths (for tables and grouping)."""
+    data = spec.model_dump(mode="json")
+    out = {}
+    for path in paths:
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[path] = node
+    return out

@@ -1,0 +1,199 @@
+"""Sweeps: expansion and validation, parallel trials on Dask, failure isolation, resume, comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import base_spec
+from gymflow.errors import SpecError
+from gymflow.sweep import combinations, expand
+from gymflow.spec import SweepSpec
+
+
+def _sweep_spec(tmp_path: Path, sweep: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    spec = base_spec(sweep=sweep, **overrides)
+    spec.setdefault("storage", str(tmp_path / "runs" / "${experiment}" / "${trial_id}"))
+    return spec
+
+
+def test_grid_crossed_with_seeds_gives_stable_content_derived_ids(tmp_path: Path) -> None:
+    spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2]})
+    base, trials = expand(spec)
+    assert len(trials) == 6 and base.sweep is not None
+    assert {(t.algorithm.hyperparams["learning_rate"], t.seed) for t in trials} == {(lr, s) for lr in (1e-3, 3e-4) for s in (0, 1, 2)}
+    assert all(t.sweep is None and t.storage == str(tmp_path / "runs" / "test" / t.trial_id) for t in trials)
+    assert len({t.trial_id for t in trials}) == 6
+    assert [t.trial_id for t in expand(spec)[1]] == [t.trial_id for t in trials]
+
+
+def test_random_search_is_seeded_and_respects_distributions() -> None:
+    sweep = SweepSpec.model_validate({"random": {"n": 20, "seed": 3, "params": {
+        "algorithm.hyperparams.learning_rate": {"distribution": "loguniform", "low": 1e-5, "high": 1e-2},
+        "algorithm.hyperparams.n_epochs": {"distribution": "int", "low": 1, "high": 4},
+        "algorithm.hyperparams.gamma": {"distribution": "uniform", "low": 0.9, "high": 0.99},
+        "env.normalize": {"distribution": "choice", "values": [True, False]}}}})
+    combos = combinations(sweep, default_seed=7)
+    assert len(combos) == 20 and combos == combinations(sweep, default_seed=7)
+    assert all(1e-5 <= c["algorithm.hyperparams.learning_rate"] < 1e-2 for c in combos)
+    assert {c["algorithm.hyperparams.n_epochs"] for c in combos} <= {1, 2, 3, 4}
+    assert all(0.9 <= c["algorithm.hyperparams.gamma"] < 0.99 and c["seed"] == 7 for c in combos)
+    assert {c["env.normalize"] for c in combos} == {True, False}
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    ({"grid": {"algorithm.learning_rate": [1]}},
+     "sweep.grid.algorithm.learning_rate: 'algorithm.learning_rate' is not a spec field."),
+    ({"grid": {"algorithm.hyperparams.learning_rate": []}},
+     "sweep.grid: grid.algorithm.hyperparams.learning_rate is empty; give at least one value"),
+    ({"random": {"n": 2, "params": {"algorithm.hyperparams.gamma": {"distribution": "uniform", "low": 0.99, "high": 0.9}}}},
+     "sweep.random.params.algorithm.hyperparams.gamma: low (0.99) must be less than high (0.9)"),
+    ({"grid": {"budget.timesteps": [0]}}, "budget.timesteps: must be >= 1, got 0 (in the trial with budget.timesteps=0, seed=0)"),
+    ({"seeds": [1, 1]}, "sweep.seeds: seeds must be distinct non-negative integers"),
+])
+def test_bad_sweeps_are_refused_with_the_path_and_the_fix(sweep: dict[str, Any], message: str, tmp_path: Path,
+                                                         write_spec: Any, cli: Any) -> None:
+    result = cli("sweep", write_spec(_sweep_spec(tmp_path, sweep)))
+    assert result.code == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_needs_a_sweep_section(write_spec: Any, cli: Any) -> None:
+    result = cli("sweep", write_spec())
+    assert result.code == 2 and "sweep: this spec has no sweep section" in result.stderr
+
+
+SMALL = {"env": {"id": "CartPole-v1", "n_envs": 2}, "budget": {"timesteps": 512},
+         "evaluation": {"every_timesteps": 256, "episodes": 2}}
+
+
+@pytest.mark.usefixtures("prefect_server", "mlflow_uri")
+def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from flows.sweep import sweep
+    from gymflow import pipeline
+    from rich.console import Console
+
+    spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
+                                  "max_parallel": 2}, **SMALL)
+    base, trials = expand(spec)
+    state, result = pipeline.run_sweep(base, trials, Console(file=open(os.devnull, "w")))
+    assert state.is_completed(), state.message
+    assert len(result.rows) == 6 and result.failed == 0
+    assert {c.config for c in result.configs} == {"learning_rate=0.001", "learning_rate=0.0003"}
+    assert all(c.seeds == 3 for c in result.configs) and result.best in {c.config for c in result.configs}
+    assert Path(result.plot).read_bytes()[:4] == b"\x89PNG"
+    # trials ran two at a time: at some moment two trial flow runs were running, never three
+    assert _max_concurrency(base.name) == 2
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(result.mlflow_parent_run_id)
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 6
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {f"sweep-{base.name}.png"}
+    assert parent.data.metrics["best_mean_reward"] == pytest.approx(result.configs[0].mean_reward)
+
+
+def _max_concurrency(experiment: str) -> int:
+    """The most trial flow runs of the experiment that were running at the same moment."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["trial"])), limit=200)
+    spans = [(r.start_time, r.end_time) for r in runs if r.name.startswith(f"{experiment}-") and r.start_time and r.end_time]
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.usefixtures("prefect_server", "mlflow_uri")
+def test_a_failing_trial_does_not_stop_the_others_and_a_rerun_completes_only_what_was_missing(
+        tmp_path: Path, write_spec: Any, cli: Any) -> None:
+    # fail_after 300 steps: the 512-step trials blow up, the 256-step ones finish
+    spec = _sweep_spec(tmp_path, {"grid": {"budget.timesteps": [256, 512]}, "seeds": [0, 1], "max_parallel": 2},
+                       env={"id": "sim_envs:ExplodingEnv", "kwargs": {"fail_after": 300}, "n_envs": 1},
+                       evaluation={"every_timesteps": 128, "episodes": 1}, checkpoint={"every_timesteps": 128})
+    spec_file = write_spec(spec)
+    result = cli("sweep", spec_file)
+    assert result.code == 1
+    text = " ".join(result.stdout.split())
+    assert text.count("failed ") >= 2 and "simulator diverged" in text
+    assert "best configuration: timesteps=256" in text
+    done_before = {p.parent.name for p in (tmp_path / "runs").rglob("eval.json")}
+    assert len(done_before) == 2
+
+    # The same sweep again: finished trials are skipped, failed ones resume from their last checkpoint
+    # (256 of 512 steps), which is short of the simulator's 300-step fault, so now they complete.
+    result = cli("sweep", spec_file)
+    text = " ".join(result.stdout.split())
+    assert result.code == 0, text
+    assert "2 trial(s) had finished earlier and were not run again" in text
+    resumed = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("status.json")]
+    assert sorted(s.get("resumed_from") or 0 for s in resumed) == [0, 0, 256, 256]
+    assert len({p.parent.name for p in (tmp_path / "runs").rglob("eval.json")}) == 4
+    logs = [p.read_text() for p in (tmp_path / "runs").rglob("worker.log")]
+    assert sum("resuming from the checkpoint at 256 timesteps" in log for log in logs) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server", "mlflow_uri")
+def test_sweep_on_an_existing_dask_cluster_spreads_trials_over_its_workers(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gymflow import pipeline
+
+    port = _free_port()
+    env = {**os.environ}
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
+                                           "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_workers(f"tcp://127.0.0.1:{port}", 2)
+        spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1],
+                                      "dask_address": f"tcp://127.0.0.1:{port}"}, **SMALL)
+        base, trials = expand(spec)
+        state, result = pipeline.run_sweep(base, trials, Console(file=open(os.devnull, "w")))
+        assert state.is_completed() and result.failed == 0
+        hosts = {_worker_pid_parent(Path(r.run_uri)) for r in result.rows}
+        assert len(hosts) == 2  # the trials' workers were started by both Dask workers
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(n, timeout=60)
+
+
+def _worker_pid_parent(run_dir: Path) -> int:
+    import json
+
+    return int(json.loads((run_dir / "status.json").read_text())["parent_pid"])
