@@ -75,7 +75,6 @@ def exit_code(state: Any) -> int:
 
 def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:
     """Absolute storage and tracking locations, so a Dask worker started elsewhere writes to the same places."""
-    from pathlib import Path
 
     from gymflow.storage import local_path
 

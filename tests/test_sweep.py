@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from conftest import base_spec
-from gymflow.errors import SpecError
 from gymflow.sweep import combinations, expand
 from gymflow.spec import SweepSpec
 
@@ -79,7 +78,6 @@ SMALL = {"env": {"id": "CartPole-v1", "n_envs": 2}, "budget": {"timesteps": 512}
 def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from flows.sweep import sweep
     from gymflow import pipeline
     from rich.console import Console
 
