@@ -1,8 +1,8 @@
 """Training throughput of `gymflow worker train` against a plain SB3 script, side by side.
 
 PPO on CartPole-v1 with rl-zoo's hyperparameters (n_envs 8, n_steps 32, batch 256, 20 epochs,
-lin_0.001 / lin_0.2). Runs alternate (plain, gymflow, plain, gymflow, ...) so drift in the
-machine's speed hits both. The worker runs with its status heartbeat, metrics, checkpoints
+lin_0.001 / lin_0.2). Runs alternate, and which goes first alternates too (plain-gymflow,
+gymflow-plain, ...), so drift in the machine's speed hits both. The worker runs with its status heartbeat, metrics, checkpoints
 (every 10k) and the learning-curve data it always writes; periodic evaluation is off because
 the plain script does not evaluate. Throughput = timesteps / seconds inside `learn`; the whole
 process wall time (imports, env and model set-up) is shown too.
@@ -60,8 +60,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            p_fps, p_wall = plain(args.timesteps)
-            g_fps, g_wall = gymflow(args.timesteps, Path(tmp))
+            if i % 2 == 0:
+                p_fps, p_wall = plain(args.timesteps)
+                g_fps, g_wall = gymflow(args.timesteps, Path(tmp))
+            else:
+                g_fps, g_wall = gymflow(args.timesteps, Path(tmp))
+                p_fps, p_wall = plain(args.timesteps)
             rows.append((p_fps, g_fps, p_wall, g_wall))
             print(f"run {i + 1}: plain SB3 {p_fps:7.0f} steps/s ({p_wall:5.1f} s wall) | "
                   f"gymflow worker {g_fps:7.0f} steps/s ({g_wall:5.1f} s wall) | ratio {g_fps / p_fps:.3f}", flush=True)

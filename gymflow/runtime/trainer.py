@@ -195,7 +195,9 @@ class Trainer:
 
     def _finish(self, model: Any) -> None:
         """Write model.zip (+ vecnormalize.pkl): the best evaluated model when keep_best, else the last."""
-        self._checkpoint(model)
+        newest = checkpoints.newest(self.store)
+        if newest is None or newest.timesteps != model.num_timesteps:
+            self._checkpoint(model)
         workdir = self.store.workdir
         checkpoints.save_model_files(model, workdir)
         best = workdir / BEST_DIR / MODEL_FILE
