@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from backends.base import Backend, BackendError, Features, Handle, Phase, WorkerState
 from gymflow.errors import Problem
+from gymflow.procs import pid_alive
 from gymflow.spec import LocalBackendSpec, Spec
 from gymflow.storage import local_path
 from gymflow.worker import PARENT_ENV
@@ -27,13 +28,7 @@ def _alive(pid: int) -> bool:
     proc = _processes.get(pid)
     if proc is not None:
         return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _is_worker_of(pid: int, run_uri: str) -> bool:

@@ -60,7 +60,8 @@ def schedule_start(value: float | str) -> float:
     """The initial value of a parsed schedule."""
     if isinstance(value, str):
         match = SCHEDULE_RE.match(value)
-        assert match is not None  # parse_schedule guarantees the form
+        if match is None:
+            raise HyperparamError(f"malformed schedule {value!r}: use 'lin_<start>'")
         return float(match.group("value"))
     return float(value)
 

@@ -94,16 +94,18 @@ def run_sweep(base: Spec, trials: list[Spec], console: Console) -> Any:
     from gymflow import server
     from gymflow.tracking import Tracker, absolute_uri
 
-    assert base.sweep is not None
+    sweep_spec = base.sweep
+    if sweep_spec is None:
+        raise ValueError("run_sweep needs a spec with a sweep section")
     api_url = server.ensure_api() or server.start().api_url  # Dask workers must all report to one server
     tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
     pinned = [pin_for_workers(t, tracking_uri) for t in trials]
-    varied = sorted({*base.sweep.grid, *(base.sweep.random.params if base.sweep.random else {})})
+    varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
     console.print(f"sweep [bold]{base.name}[/bold]: {len(pinned)} trials", highlight=False)
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         from flows.sweep import sweep
 
-        state = sweep(base.name, pinned, varied, base.sweep.max_parallel, base.sweep.dask_address, return_state=True)
+        state = sweep(base.name, pinned, varied, sweep_spec.max_parallel, sweep_spec.dask_address, return_state=True)
         result = state.result(raise_on_failure=False)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     url = ui_url(api_url, flow_run_id)

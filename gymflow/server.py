@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gymflow.errors import GymflowError
+from gymflow.procs import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def status() -> ServerInfo | None:
     """The running background server, or None (a stale state file is removed)."""
     try:
@@ -75,9 +66,9 @@ def status() -> ServerInfo | None:
         info = ServerInfo(int(data["pid"]), str(data["url"]), str(data.get("log", "")))
     except (OSError, ValueError, KeyError):
         return None
-    if _alive(info.pid) and healthy(info.url):
+    if pid_alive(info.pid) and healthy(info.url):
         return info
-    if not _alive(info.pid):
+    if not pid_alive(info.pid):
         _state_file().unlink(missing_ok=True)
     return None
 
@@ -129,15 +120,15 @@ def stop() -> bool:
         pid = int(json.loads(_state_file().read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return False
-    if _alive(pid):
+    if pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 20
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
     _state_file().unlink(missing_ok=True)
     return True

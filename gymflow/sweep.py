@@ -68,8 +68,8 @@ def _known_paths() -> list[str]:
 
 def _draw(dist: Distribution, rng: np.random.Generator) -> Any:
     if dist.distribution == "choice":
-        assert dist.values is not None
-        return dist.values[int(rng.integers(len(dist.values)))]
+        values = dist.values or []  # validated non-empty
+        return values[int(rng.integers(len(values)))]
     low, high = float(dist.low or 0.0), float(dist.high or 0.0)
     if dist.distribution == "uniform":
         return float(rng.uniform(low, high))
