@@ -57,11 +57,21 @@ def trial(spec: Spec, parent_run_id: str | None = None) -> Any:
         _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        phases.teardown(backend, handle)
+        _teardown(backend, handle)
     if result is None:
         return Cancelled(message=f"trial {spec.trial_id} cancelled; worker stopped and teardown done")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
     return result
+
+
+def _teardown(backend: Any, handle: Any) -> None:
+    """Teardown as a task; if the task itself cannot run (e.g. while the process is being terminated),
+    tear down directly: releasing resources matters more than recording it."""
+    try:
+        phases.teardown(backend, handle)
+    except BaseException:
+        logger.warning("the teardown task did not complete; tearing down directly", exc_info=True)
+        backend.teardown(handle)
 
 
 def _record_failure(spec: Spec, ctx: Any, run_uri: str, started: float, outcome: str, error: str) -> None:
