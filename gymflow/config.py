@@ -24,7 +24,6 @@ from gymflow.problems import problems_from
 from gymflow.spec import Spec
 
 VAR_RE = re.compile(r"\$\{([^}]*)\}")
-NAME_RE = re.compile(r"^[A-Za-z_][\w.]*$")
 WELL_KNOWN = ("experiment", "trial_id", "seed", "date")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +26,8 @@ class Update:
 class RunFollower:
     """Reads only complete new lines of the growing files, remembering where it stopped."""
 
-    def __init__(self, store: RunStore, since: float | None = None) -> None:
+    def __init__(self, store: RunStore) -> None:
         self.store = store
-        self.since = since if since is not None else time.time()
         self._offsets: dict[str, int] = {}
 
     def skip_existing(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from gymflow.procs import pid_alive
 from gymflow.results import LOG_FILE, EvalReport
 from gymflow.runtime.status import StatusFile
 from gymflow.runtime.trainer import ProgressHook, Trainer, load_spec
@@ -36,16 +37,10 @@ def watch_parent(interval_s: float = 2.0) -> None:
         return
 
     def watch() -> None:
-        while True:
+        while pid_alive(int(parent)):
             time.sleep(interval_s)
-            try:
-                os.kill(int(parent), 0)
-            except ProcessLookupError:
-                logger.warning("the orchestrator (pid %s) is gone; checkpointing and stopping", parent)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except PermissionError:
-                continue
+        logger.warning("the orchestrator (pid %s) is gone; checkpointing and stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="gymflow-parent-watch", daemon=True).start()
 

@@ -63,7 +63,7 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
             if not state.running:
                 status = _forward(follower, tracker, ctx, progress, log) or status
                 break
-            _check_heartbeat(status, launched, timeout, phase)
+            _check_heartbeat(_fresh(status, phase, launched), launched, timeout, phase)
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
                 last_cancel_check = time.monotonic()
                 if cancel_requested(ctx.flow_run_id):
@@ -72,8 +72,14 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     except BaseException:
         backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
         raise
-    fresh = status if status is not None and status.phase == phase and (status.started_at or 0) >= launched - 1 else None
-    return _outcome(fresh, state.exit_code, phase)
+    return _outcome(_fresh(status, phase, launched), state.exit_code, phase)
+
+
+def _fresh(status: Status | None, phase: Phase, launched: float) -> Status | None:
+    """The status only if this launch of this phase wrote it (not a previous phase or run)."""
+    if status is None or status.phase != phase or (status.started_at or 0) < launched - 1:
+        return None
+    return status
 
 
 def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progress: _Progress, log: Any) -> Status | None:
@@ -90,8 +96,7 @@ def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progres
 
 def _check_heartbeat(status: Status | None, launched: float, timeout: float, phase: Phase) -> None:
     now = time.time()
-    beat = status.heartbeat_at if status is not None and (status.started_at or 0) >= launched - 1 else None
-    last = beat if beat is not None else launched
+    last = status.heartbeat_at if status is not None and status.heartbeat_at is not None else launched
     if now - last > timeout:
         raise WorkerError(f"the {phase} worker's heartbeat stopped {now - last:.0f} s ago (limit {timeout:.0f} s); it is presumed lost")
 

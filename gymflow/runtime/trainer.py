@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 import signal
@@ -151,13 +150,10 @@ class Trainer:
             callbacks.append(IntervalCallback(spec.evaluation.every_timesteps or 1, evaluation))
         callbacks.append(IntervalCallback(spec.checkpoint.every_timesteps, lambda: self._checkpoint(model) or True))
         remaining = (budget.timesteps - done) if budget.timesteps is not None else 10**12
-        gc.collect()
-        gc.freeze()  # the set-up's long-lived objects need no scanning by every collection during training
         started = time.perf_counter()
         try:
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=False, progress_bar=False)
         finally:
-            gc.unfreeze()
             train_metrics.close()
             self._publish_metrics()
         elapsed = time.perf_counter() - started
