@@ -189,3 +189,19 @@ def test_heartbeat_is_refreshed_while_the_worker_runs(tmp_path: Path) -> None:
     status.finish("completed")
     assert second.heartbeat_at > first and second.timesteps == 10
     assert _status(store).state == "completed"
+
+
+@pytest.mark.slow
+def test_worker_stops_with_a_checkpoint_when_its_orchestrator_disappears(make_run: Any) -> None:
+    store = make_run(RESUME_SPEC)
+    orchestrator = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "worker", "train", store.uri], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true", "GYMFLOW_PARENT_PID": str(orchestrator.pid)})
+    _wait_for_checkpoint(store, proc, 1024)
+    orchestrator.kill()
+    orchestrator.wait(10)
+    assert proc.wait(60) == 130
+    status = _status(store)
+    assert status.state == "interrupted" and status.timesteps < 8192
+    assert checkpoints.newest(store).timesteps == status.timesteps
+    assert "the orchestrator (pid" in (store.workdir / "worker.log").read_text()
