@@ -11,14 +11,18 @@ from typing import Any, Literal
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Failed
 from pydantic import BaseModel
 
+import backends
+from flows import events
 from gymflow import compare
-from gymflow.errors import MissingExtraError
+from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
 from gymflow.spec import Spec
 from gymflow.storage import open_run
-from gymflow.tracking import Tracker
+from gymflow.sweep import expand_input, pin_for_workers
+from gymflow.tracking import Tracker, absolute_uri
 from tasks.context import TrialResult, prefect_logger
 
 logger = logging.getLogger(__name__)
@@ -100,25 +104,59 @@ def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> st
     return run.info.run_id
 
 
-@flow(name="sweep", flow_run_name="sweep-{name}")
-def sweep(name: str, trials: list[Spec], varied: list[str], max_parallel: int | None = None,
-          dask_address: str | None = None, runner: Runner = "dask") -> SweepResult:
-    """Run every trial (skipping ones finished earlier), isolate failures, and compare the results."""
+def _sweep_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    spec, spec_file = flow_run.parameters.get("spec"), flow_run.parameters.get("spec_file")
+    name = spec.name if isinstance(spec, Spec) else (spec or {}).get("name") if isinstance(spec, dict) else None
+    return f"sweep-{name or (Path(str(spec_file)).stem if spec_file else 'unnamed')}"
+
+
+@flow(name="sweep", flow_run_name=_sweep_run_name, validate_parameters=True,
+      on_completion=[events.sweep_finished], on_failure=[events.sweep_finished])
+def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: list[str] | None = None,
+          globals_files: list[str] | None = None, max_parallel: int | None = None, dask_address: str | None = None,
+          runner: Runner = "dask") -> SweepResult:
+    """Every trial of the spec's sweep section (skipping ones finished earlier), failures isolated, then a comparison.
+
+    Args:
+        spec: The experiment spec with its `sweep` section, filled in as a form. Leave empty to use `spec_file`.
+        spec_file: Path (relative to the deployment's working directory) or URI of a spec YAML file.
+        overrides: Changes on top of the spec, each `dotted.path=value`, as `gymflow sweep --set`.
+        globals_files: Globals YAML files for `${name}` substitution, as `gymflow sweep --globals`.
+        max_parallel: Trials running at once; default: the spec's `sweep.max_parallel`, else one per CPU core.
+        dask_address: A running Dask scheduler (tcp://host:port); default: the spec's, else a local cluster.
+        runner: `dask`, or `threads` to run the trials in threads of this process.
+    """
     log = prefect_logger()
-    tracker = Tracker(trials[0].tracking.uri)
+    try:  # every problem of the spec, before anything runs; a user error, so no traceback
+        base, expanded = expand_input(spec, spec_file, overrides or (), globals_files or ())
+        backends.create(expanded[0])
+    except UserError as exc:
+        log.error("%s", exc)
+        return Failed(message=str(exc))  # type: ignore[return-value]
+    sweep_spec = base.sweep
+    if sweep_spec is None:  # expand refuses a spec without one
+        raise ValueError("expand_input returned a spec without a sweep section")
+    tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
+    trials = [pin_for_workers(t, tracking_uri) for t in expanded]
+    varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
+    name = base.name
+    max_parallel = max_parallel or sweep_spec.max_parallel
+    tracker = Tracker(tracking_uri)
     sid = sweep_id(trials)
     parent = _parent_run(tracker, name, trials, sid)
     results: dict[str, TrialResult] = {}
     todo = []
-    for spec in trials:
-        earlier = _finished_earlier(spec)
+    for trial_spec in trials:
+        earlier = _finished_earlier(trial_spec)
         if earlier is not None:
-            results[spec.trial_id or ""] = earlier
+            results[trial_spec.trial_id or ""] = earlier
         else:
-            todo.append(spec)
+            todo.append(trial_spec)
     skipped = len(results)
     log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(trials), skipped, len(todo))
-    address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    address = dask_address or sweep_spec.dask_address or os.environ.get(DASK_ADDRESS_ENV)
     workers = max_parallel or min(len(todo) or 1, os.cpu_count() or 1)
     if todo:
         results.update(_run_all(todo, parent, _task_runner(runner, address, workers), max_parallel or len(todo)))

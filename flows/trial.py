@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 
 import backends
+from flows import events
+from gymflow import config
+from gymflow.errors import UserError
 from gymflow.spec import Spec
 from tasks import phases
 from tasks.context import TrialCancelled, TrialResult, prefect_logger
@@ -29,17 +33,36 @@ def run_name(spec: Spec) -> str:
 def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
-    spec = flow_run.parameters.get("spec")
-    if isinstance(spec, dict):
-        spec = Spec.model_validate(spec)
-    return run_name(spec) if isinstance(spec, Spec) else "trial"
+    params = flow_run.parameters
+    try:
+        spec = config.resolve_input(params.get("spec"), params.get("spec_file"), params.get("overrides") or (),
+                                    params.get("globals_files") or (), deep=False)
+    except Exception:  # noqa: BLE001 - the flow itself reports a bad spec
+        spec_file = params.get("spec_file")
+        return f"trial-{Path(str(spec_file)).stem}" if spec_file else "trial"
+    return run_name(spec)
 
 
-@flow(name="trial", flow_run_name=_flow_run_name, validate_parameters=True)
-def trial(spec: Spec, parent_run_id: str | None = None) -> Any:
-    """One trial of a resolved spec through the six phases; teardown runs on failure and cancellation."""
+@flow(name="trial", flow_run_name=_flow_run_name, validate_parameters=True,
+      on_completion=[events.trial_finished], on_failure=[events.trial_finished])
+def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: list[str] | None = None,
+          globals_files: list[str] | None = None, parent_run_id: str | None = None) -> Any:
+    """One trial through provision, setup, train, evaluate, store and teardown (teardown runs on failure and cancellation).
+
+    Args:
+        spec: The experiment spec, filled in as a form. Leave empty to use `spec_file`.
+        spec_file: Path (relative to the deployment's working directory) or URI of a spec YAML file.
+        overrides: Changes on top of the spec, each `dotted.path=value`, as `gymflow run --set`.
+        globals_files: Globals YAML files for `${name}` substitution, as `gymflow run --globals`.
+        parent_run_id: MLflow run to nest this trial under (set by the sweep flow).
+    """
     log = prefect_logger()
-    backend = backends.create(spec)  # a config error fails here, before anything is provisioned or retried
+    try:  # a bad spec or backend config fails here, before anything is provisioned, and is never retried
+        spec = config.resolve_input(spec, spec_file, overrides or (), globals_files or ())
+        backend = backends.create(spec)
+    except UserError as exc:
+        log.error("%s", exc)
+        return Failed(message=str(exc))  # a user error, not a crash: no traceback
     handle = backend.plan(spec)
     ctx = None
     started = time.time()

@@ -95,10 +95,11 @@ def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> No
     from gymflow import pipeline
     from gymflow.sweep import expand
 
-    base, trials = expand(spec, globals_ or [], set_ or [])
+    base, trials = expand(spec, globals_ or [], set_ or [])  # every problem, exit 2, before anything runs
     for trial in trials[:1]:
         pipeline.check_backend(trial)
-    state, result = pipeline.run_sweep(base, trials, err)
+    err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
+    state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
     if not state.is_completed():
         err.print(f"[bold red]sweep failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
         raise typer.Exit(1)
@@ -137,6 +138,50 @@ def server_status() -> None:
         out.print("not running (`gymflow run` starts it; `gymflow server start` starts it now)")
         raise typer.Exit(1)
     out.print(f"running at {info.url} (pid {info.pid})")
+
+
+alerts_app = typer.Typer(help="Alerts: the Prefect automations in deployments/automations.yaml.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+AutomationsOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Automations YAML [default: deployments/automations.yaml].")]
+
+
+def _prefect_api() -> Any:
+    """Prefect pointed at the configured server, else gymflow's background server (started if needed)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from gymflow import server
+
+    return temporary_settings(updates={PREFECT_API_URL: server.configured_api_url() or server.start().api_url})
+
+
+@alerts_app.command("apply")
+def alerts_apply(
+    webhook: Annotated[Optional[str], typer.Option(help="Send alerts to this webhook URL (saved as the block 'gymflow-alerts').")] = None,
+    block: Annotated[Optional[str], typer.Option(help="Send alerts through this notification block, TYPE/NAME (e.g. slack-webhook/team).")] = None,
+    file: AutomationsOpt = None,
+) -> None:
+    """Create or update the alert automations on the Prefect server, notifying through one block."""
+    from gymflow import alerts
+
+    path = file or alerts.default_file()
+    alerts.load(path)
+    alerts.check_target(block, webhook)  # bad input: exit 2 before any server is contacted
+    with _prefect_api():
+        applied = alerts.apply(path, block=block, webhook=webhook)
+    for item in applied:
+        out.print(f"{'created' if item.created else 'updated'} automation [bold]{item.name}[/bold] ({item.id})", highlight=False)
+
+
+@alerts_app.command("remove")
+def alerts_remove(file: AutomationsOpt = None) -> None:
+    """Delete the alert automations from the Prefect server."""
+    from gymflow import alerts
+
+    path = file or alerts.default_file()
+    alerts.load(path)
+    with _prefect_api():
+        removed = alerts.remove(path)
+    out.print(f"removed {len(removed)} automation(s)" + (f": {', '.join(removed)}" if removed else ""), highlight=False)
 
 
 @app.command("backends")

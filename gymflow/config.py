@@ -49,12 +49,27 @@ def parse_yaml(text: str, source: str) -> Any:
         raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
 
 
-def load_mapping(path: str | Path, what: str = "spec") -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping."""
-    file = Path(path)
+def _read_text(path: str | Path, what: str) -> str:
+    """A local file, a file:// URI, or a file in a storage location (gs://, az://)."""
+    from gymflow.storage import local_path, open_run
+
+    text = str(path)
+    file = local_path(text)
+    if file is None:
+        folder, _, name = text.rstrip("/").rpartition("/")
+        store = open_run(folder)
+        if not store.exists(name):
+            raise SpecError([Problem("", f"{what} file not found: {text}. Check the URI.")])
+        return store.read_text(name)
     if not file.is_file():
         raise SpecError([Problem("", f"{what} file not found: {file}. Check the path.")])
-    data = parse_yaml(file.read_text(encoding="utf-8"), str(file))
+    return file.read_text(encoding="utf-8")
+
+
+def load_mapping(path: str | Path, what: str = "spec") -> dict[str, Any]:
+    """Read a YAML file (a path or URI) that must hold a mapping."""
+    file = str(path)
+    data = parse_yaml(_read_text(path, what), file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -248,6 +263,34 @@ def resolve(
     """The resolved, validated Spec; a SpecError with every problem otherwise."""
     data, variables, source = load_raw(spec, globals_files, overrides)
     return resolve_data(data, variables, source, trial_id, deep)
+
+
+def input_source(spec: Spec | dict[str, Any] | None, spec_file: str | None, keep_trial_id: bool = True) -> str | dict[str, Any]:
+    """What a flow was given to run: a spec file path/URI, or an inline spec (a UI form) as raw data."""
+    if (spec is None) == (spec_file is None):
+        which = "both were given" if spec is not None else "neither was given"
+        raise SpecError([Problem("spec", f"give either `spec` (the spec inline) or `spec_file` (a path or URI of a "
+                                         f"spec YAML file); {which}")])
+    if spec_file is not None:
+        return spec_file
+    if isinstance(spec, Spec):
+        return spec.model_dump(mode="json", exclude=None if keep_trial_id else {"trial_id"})
+    return copy.deepcopy(spec)  # type: ignore[arg-type]
+
+
+def resolve_input(
+    spec: Spec | dict[str, Any] | None,
+    spec_file: str | None,
+    overrides: Sequence[str] = (),
+    globals_files: Sequence[str | Path] = (),
+    deep: bool = True,
+) -> Spec:
+    """The resolved Spec of a flow's inputs. An already resolved spec (it has a trial id) with nothing
+    on top is used as it is; with overrides it gets a new trial id."""
+    if isinstance(spec, Spec) and spec.trial_id and not overrides and not globals_files:
+        return spec
+    changed = bool(overrides or globals_files)
+    return resolve(input_source(spec, spec_file, keep_trial_id=not changed), globals_files, overrides, deep=deep)
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -73,39 +73,19 @@ def exit_code(state: Any) -> int:
     return 130 if state.is_cancelled() else 1
 
 
-def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:
-    """Absolute storage and tracking locations, so a Dask worker started elsewhere writes to the same places."""
-
-    from gymflow.storage import local_path
-
-    updates: dict[str, Any] = {}
-    path = local_path(trial.storage)
-    if path is not None and not path.is_absolute():
-        updates["storage"] = str(path.resolve())
-    if trial.tracking.uri is None:
-        updates["tracking"] = trial.tracking.model_copy(update={"uri": tracking_uri})
-    return trial.model_copy(update=updates) if updates else trial
-
-
-def run_sweep(base: Spec, trials: list[Spec], console: Console) -> Any:
-    """Run the sweep flow against a real Prefect server (never the per-process temporary one)."""
+def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides: list[str], console: Console) -> Any:
+    """Run the sweep flow (it expands the spec itself, as a deployment's run does) against a real Prefect server,
+    never the per-process temporary one: Dask workers must all report to one server."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from gymflow import server
-    from gymflow.tracking import Tracker, absolute_uri
 
-    sweep_spec = base.sweep
-    if sweep_spec is None:
-        raise ValueError("run_sweep needs a spec with a sweep section")
-    api_url = server.ensure_api() or server.start().api_url  # Dask workers must all report to one server
-    tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
-    pinned = [pin_for_workers(t, tracking_uri) for t in trials]
-    varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
-    console.print(f"sweep [bold]{base.name}[/bold]: {len(pinned)} trials", highlight=False)
+    api_url = server.ensure_api() or server.start().api_url
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         from flows.sweep import sweep
 
-        state = sweep(base.name, pinned, varied, sweep_spec.max_parallel, sweep_spec.dask_address, return_state=True)
+        params: dict[str, Any] = {"spec_file": source} if isinstance(source, str) else {"spec": source}
+        state = sweep(**params, overrides=overrides, globals_files=globals_files, return_state=True)
         result = state.result(raise_on_failure=False)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     url = ui_url(api_url, flow_run_id)

@@ -97,7 +97,7 @@ def start(port: int = DEFAULT_PORT) -> ServerInfo:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_URL": url},  # links in alerts
         )
     info = ServerInfo(proc.pid, url, str(log))
     _state_file().write_text(json.dumps({"pid": info.pid, "url": url, "log": str(log), "started_at": time.time()}))

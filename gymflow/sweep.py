@@ -11,6 +11,7 @@ import copy
 import itertools
 import logging
 from difflib import get_close_matches
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -99,8 +100,8 @@ def _problems_of_paths(sweep: SweepSpec) -> list[Problem]:
     return problems
 
 
-def expand(spec_file: str | Path | dict[str, Any], globals_files: list[str | Path] | tuple = (),
-           overrides: list[str] | tuple = ()) -> tuple[Spec, list[Spec]]:
+def expand(spec_file: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (),
+           overrides: Sequence[str] = ()) -> tuple[Spec, list[Spec]]:
     """The resolved sweep spec and its trials; a SpecError with every problem otherwise."""
     data, variables, source = config.load_raw(spec_file, globals_files, overrides)
     base = config.resolve_data(copy.deepcopy(data), variables, source)
@@ -126,6 +127,25 @@ def expand(spec_file: str | Path | dict[str, Any], globals_files: list[str | Pat
     if problems:
         raise SpecError(list(dict.fromkeys(problems)), source)
     return base, list(trials.values())
+
+
+def expand_input(spec: Spec | dict[str, Any] | None, spec_file: str | None, overrides: Sequence[str] = (),
+                 globals_files: Sequence[str | Path] = ()) -> tuple[Spec, list[Spec]]:
+    """expand() for a flow's inputs: an inline spec or a spec file path/URI."""
+    return expand(config.input_source(spec, spec_file, keep_trial_id=False), list(globals_files), list(overrides))
+
+
+def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:
+    """Absolute storage and tracking locations, so a Dask worker started elsewhere writes to the same places."""
+    from gymflow.storage import local_path
+
+    updates: dict[str, Any] = {}
+    path = local_path(trial.storage)
+    if path is not None and not path.is_absolute():
+        updates["storage"] = str(path.resolve())
+    if trial.tracking.uri is None:
+        updates["tracking"] = trial.tracking.model_copy(update={"uri": tracking_uri})
+    return trial.model_copy(update=updates) if updates else trial
 
 
 def varied_values(spec: Spec, paths: list[str]) -> dict[str, Any]:

@@ -83,8 +83,8 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
 
     spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
                                   "max_parallel": 2}, **SMALL)
-    base, trials = expand(spec)
-    state, result = pipeline.run_sweep(base, trials, Console(file=open(os.devnull, "w")))
+    base, _ = expand(spec)
+    state, result = pipeline.run_sweep(spec, [], [], Console(file=open(os.devnull, "w")))
     assert state.is_completed(), state.message
     assert len(result.rows) == 6 and result.failed == 0
     assert {c.config for c in result.configs} == {"learning_rate=0.001", "learning_rate=0.0003"}
@@ -165,8 +165,7 @@ def test_sweep_on_an_existing_dask_cluster_spreads_trials_over_its_workers(tmp_p
         _wait_for_workers(f"tcp://127.0.0.1:{port}", 2)
         spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1],
                                       "dask_address": f"tcp://127.0.0.1:{port}"}, **SMALL)
-        base, trials = expand(spec)
-        state, result = pipeline.run_sweep(base, trials, Console(file=open(os.devnull, "w")))
+        state, result = pipeline.run_sweep(spec, [], [], Console(file=open(os.devnull, "w")))
         assert state.is_completed() and result.failed == 0
         hosts = {_worker_pid_parent(Path(r.run_uri)) for r in result.rows}
         assert len(hosts) == 2  # the trials' workers were started by both Dask workers
