@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import backends
 from flows import events
-from gymflow import compare
+from gymflow import compare, config
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
 from gymflow.spec import Spec
@@ -88,6 +88,7 @@ def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
         raise MissingExtraError("prefect_dask", "dask", "Running a sweep on Dask") from None
     if address:
         return DaskTaskRunner(address=address)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # our own cluster's start/stop chatter is not news
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None})
 
@@ -107,8 +108,13 @@ def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> st
 def _sweep_run_name() -> str:
     from prefect.runtime import flow_run
 
-    spec, spec_file = flow_run.parameters.get("spec"), flow_run.parameters.get("spec_file")
-    name = spec.name if isinstance(spec, Spec) else (spec or {}).get("name") if isinstance(spec, dict) else None
+    params = flow_run.parameters
+    try:
+        source = config.input_source(params.get("spec"), params.get("spec_file"))
+        name = config.load_raw(source, params.get("globals_files") or (), params.get("overrides") or ())[0].get("name")
+    except Exception:  # noqa: BLE001 - the flow itself reports a bad spec
+        name = None
+    spec_file = params.get("spec_file")
     return f"sweep-{name or (Path(str(spec_file)).stem if spec_file else 'unnamed')}"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from typing import Any
 
@@ -89,9 +91,21 @@ def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progres
     if update.evals:
         tracker.log_records(ctx.mlflow_run_id, update.evals, prefix="eval/")
     for line in update.log_lines:
-        log.info("worker | %s", line)
+        _relay(log, line)
     progress.update(update.status)
     return update.status
+
+
+_WORKER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
+
+
+def _relay(log: Any, line: str) -> None:
+    """A worker.log line to the task's log, at its own level; Prefect adds the time, so the worker's is dropped."""
+    match = _WORKER_LINE.match(line)
+    if match:
+        log.log(logging.getLevelName(match[1]), "worker | %s", match[2])
+    else:
+        log.info("worker | %s", line)
 
 
 def _check_heartbeat(status: Status | None, launched: float, timeout: float, phase: Phase) -> None:

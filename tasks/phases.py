@@ -18,14 +18,14 @@ from tasks.retry import RETRY_DELAYS, retry_if_transient
 from tasks.report import trial_markdown
 
 
-@task(name="provision", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+@task(name="provision", task_run_name="provision", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def provision(backend: Backend, spec: Spec) -> Handle:
     """Acquire what the trial runs on (retried on transient errors only)."""
     return backend.provision(spec)
 
 
-@task(name="setup", cache_policy=NO_CACHE)
+@task(name="setup", task_run_name="setup", cache_policy=NO_CACHE)
 def setup(backend: Backend, handle: Handle, spec: Spec, run_name: str, parent_run_id: str | None = None) -> TrialContext:
     """Write spec.json to the run dir and open the trial's MLflow run."""
     backend.setup(handle, spec)
@@ -42,7 +42,7 @@ def setup(backend: Backend, handle: Handle, spec: Spec, run_name: str, parent_ru
     return TrialContext(mlflow_run_id=run_id, tracking_uri=tracker.uri, flow_run_id=flow_run_id)
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train", cache_policy=NO_CACHE)
 def train(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> int:
     """Run the worker's train phase, following it; returns the timesteps trained."""
     status = run_phase(backend, handle, "train", spec, ctx)
@@ -51,7 +51,7 @@ def train(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> in
     return status.timesteps
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> EvalReport:
     """Run the worker's evaluate phase and read eval.json."""
     from gymflow.results import EVAL_FILE
@@ -62,7 +62,7 @@ def evaluate(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) ->
     return report
 
 
-@task(name="store", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+@task(name="store", task_run_name="store", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, report: EvalReport, timesteps: int) -> TrialResult:
     """Record the trial: MLflow evaluation metrics, artifacts and status; a Prefect summary artifact."""
@@ -82,7 +82,7 @@ def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, repor
     return result
 
 
-@task(name="teardown", cache_policy=NO_CACHE)
+@task(name="teardown", task_run_name="teardown", cache_policy=NO_CACHE)
 def teardown(backend: Backend, handle: Handle) -> None:
     """Release everything provisioned; idempotent, runs whatever happened before."""
     backend.teardown(handle)

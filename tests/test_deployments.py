@@ -76,7 +76,7 @@ def test_deploy_all_then_a_run_with_a_parameter_override_completes_all_six_phase
     assert flow_run["parameters"]["spec_file"] == "examples/cartpole-ppo.yaml"  # the deployment's default, kept
     assert flow_run["name"].startswith("cartpole-ppo-ppo-cartpole-v1-seed0-")
     task_runs = _api(stack, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
-    assert sorted(t["name"].rsplit("-", 1)[0] for t in task_runs) == sorted(PHASES)
+    assert sorted(t["name"] for t in task_runs) == sorted(PHASES)
     assert all(t["state"]["type"] == "COMPLETED" for t in task_runs)
 
     # the expected result: the override's budget was trained and evaluated, in the overridden place
@@ -199,3 +199,55 @@ def _events(stack: Stack, name: str, since: float) -> list[dict[str, Any]]:
             return found
         time.sleep(1)
     raise AssertionError(f"no {name} event")
+
+
+def _flow_run_pid(flow_run_id: str) -> int | None:
+    """The process running a flow run: the process worker gives it PREFECT__FLOW_RUN_ID."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                return int(environ.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_crashed_trial_sends_one_alert_and_leaves_no_worker_running(stack: Stack, tmp_path: Path,
+                                                                       webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    import os
+    import signal
+
+    url, received = webhook
+    assert stack.gymflow("alerts", "apply", "--webhook", url).returncode == 0
+    spec = base_spec(name="crashing", budget={"timesteps": 200_000}, storage=str(tmp_path / "runs" / "${trial_id}"),
+                     tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    spec_file = tmp_path / "crashing.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    started = stack.prefect("deployment", "run", "trial/cartpole", "--param", f"spec_file={json.dumps(str(spec_file))}")
+    flow_run_id = started.stdout.split("UUID:")[1].split()[0]
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "runs").glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # training is under way
+    pid = _flow_run_pid(flow_run_id)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the orchestrating process dies: no flow code runs after this
+
+    _wait_for(received, 1)
+    assert len(received) == 1, received
+    alert = received[0]
+    assert alert["subject"].startswith("gymflow: trial crashing-ppo-cartpole-v1-seed0-") and alert["subject"].endswith(" crashed")
+    assert "outcome: crashed" in alert["body"] and f"'spec_file': '{spec_file}'" in alert["body"]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    deadline = time.monotonic() + 30
+    while not _workers_stopped(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _workers_stopped(run_dir), "the training worker outlived its orchestrator"
+
+
+def _workers_stopped(run_dir: Path) -> bool:
+    for pid_file in run_dir.glob("worker-*.pid"):
+        status = Path(f"/proc/{pid_file.read_text().strip()}/status")
+        if status.exists() and "zombie" not in status.read_text():
+            return False
+    return True

@@ -36,7 +36,7 @@ def _task_runs(flow_run_id: Any) -> dict[str, list[str]]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     out: dict[str, list[str]] = {}
     for run in runs:
-        out.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.type.value)
+        out.setdefault(run.name, []).append(run.state.type.value)
     return out
 
 
