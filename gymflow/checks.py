@@ -6,11 +6,16 @@ installed libraries, so that a typo fails in ``gymflow validate``, not on a GPU 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 import logging
+import os
+from dataclasses import dataclass
 from difflib import get_close_matches
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from gymflow import algorithms
@@ -42,16 +47,73 @@ def _describe_import_error(path: str, exc: BaseException) -> str:
     return f"cannot import {path!r}: {type(exc).__name__}: {exc}"
 
 
-@lru_cache(maxsize=None)
-def valid_hyperparams(name: str) -> frozenset[str]:
-    """Constructor arguments of an algorithm that a spec may set."""
+@dataclass(frozen=True)
+class AlgoFacts:
+    """What validation needs from an algorithm class: its settable arguments and its policies' arguments."""
+
+    hyperparams: frozenset[str]
+    policies: dict[str, list[str] | None]  # policy alias -> constructor arguments (None: it takes **kwargs)
+
+
+def _introspect(name: str) -> AlgoFacts:
     cls = algorithms.get(name).load()
-    params = set(inspect.signature(cls.__init__).parameters) - _RESERVED
-    params.discard("args")
-    params.discard("kwargs")
+    params = set(inspect.signature(cls.__init__).parameters) - _RESERVED - {"args", "kwargs"}
     if name in _NOISE_ALGOS:
         params |= _ZOO_EXTRAS
-    return frozenset(params)
+    policies: dict[str, list[str] | None] = {}
+    for alias, policy_cls in getattr(cls, "policy_aliases", {}).items():
+        signature = inspect.signature(policy_cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+            policies[alias] = None
+        else:
+            policies[alias] = sorted(set(signature) - {"self", "observation_space", "action_space", "lr_schedule"})
+    return AlgoFacts(frozenset(params), policies)
+
+
+def _cache_file() -> Path:
+    """Introspection results are cached per installed SB3 / sb3-contrib / gymflow version: importing the
+    algorithm classes (torch) costs seconds and hundreds of MB the orchestrator otherwise never needs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("stable_baselines3", "sb3_contrib", "gymflow"):
+        try:
+            parts.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist}=none")
+    key = hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
+    home = Path(os.environ.get("GYMFLOW_HOME", Path.home() / ".gymflow"))
+    return home / "cache" / f"algorithms-{key}.json"
+
+
+@lru_cache(maxsize=None)
+def algo_facts(name: str) -> AlgoFacts:
+    """The algorithm's facts, from the version-keyed cache or by introspecting the class once."""
+    file = _cache_file()
+    try:
+        cached = json.loads(file.read_text())[name]
+        return AlgoFacts(frozenset(cached["hyperparams"]), cached["policies"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    facts = _introspect(name)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        data = {}  # none yet, or damaged: start it again
+    try:
+        data[name] = {"hyperparams": sorted(facts.hyperparams), "policies": facts.policies}
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.replace(file)
+    except (OSError, ValueError):
+        logger.debug("could not cache algorithm facts in %s", file, exc_info=True)
+    return facts
+
+
+def valid_hyperparams(name: str) -> frozenset[str]:
+    """Constructor arguments of an algorithm that a spec may set."""
+    return algo_facts(name).hyperparams
 
 
 def check_env(env: EnvSpec) -> list[Problem]:
@@ -101,30 +163,19 @@ def check_algorithm(algo: AlgorithmSpec) -> list[Problem]:
             problems.append(
                 Problem(f"algorithm.hyperparams.{key}", f"unknown hyperparameter for {algo.name}.{hint} Valid: {', '.join(sorted(valid))}")
             )
-    cls = algo.info.load()
-    aliases = getattr(cls, "policy_aliases", {})
-    if algo.policy is not None and algo.policy not in aliases:
-        problems.append(Problem("algorithm.policy", f"unknown policy {algo.policy!r} for {algo.name}; allowed: {', '.join(aliases)}"))
+    policies = algo_facts(algo.name).policies
+    if algo.policy is not None and algo.policy not in policies:
+        problems.append(Problem("algorithm.policy", f"unknown policy {algo.policy!r} for {algo.name}; allowed: {', '.join(policies)}"))
         return problems
     policy_kwargs = algo.hyperparams.get("policy_kwargs")
-    if isinstance(policy_kwargs, dict) and algo.policy_name in aliases:
-        problems += _check_policy_kwargs(algo, aliases[algo.policy_name], policy_kwargs)
-    return problems
-
-
-def _check_policy_kwargs(algo: AlgorithmSpec, policy_cls: type, kwargs: dict[str, Any]) -> list[Problem]:
-    params = inspect.signature(policy_cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return []
-    allowed = set(params) - {"self", "observation_space", "action_space", "lr_schedule"}
-    problems = []
-    for key in kwargs:
-        if key not in allowed:
-            close = get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(
-                Problem(f"algorithm.hyperparams.policy_kwargs.{key}", f"not an argument of {policy_cls.__name__}.{hint} Valid: {', '.join(sorted(allowed))}")
-            )
+    allowed = policies.get(algo.policy_name)
+    if isinstance(policy_kwargs, dict) and allowed is not None:
+        for key in policy_kwargs:
+            if key not in allowed:
+                close = get_close_matches(key, allowed, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                problems.append(Problem(f"algorithm.hyperparams.policy_kwargs.{key}",
+                                        f"not an argument of {algo.policy_name}.{hint} Valid: {', '.join(sorted(allowed))}"))
     return problems
 
 

@@ -109,3 +109,33 @@ def test_error_lists_globals_variables_as_known_names(tmp_path: Path) -> None:
     glob = _write(tmp_path / "g.yaml", {"bucket": "b"})
     with pytest.raises(SpecError, match=r"unknown variable \$\{buket\}\. Did you mean \$\{bucket\}\?"):
         config.resolve(_write(tmp_path / "s.yaml", base_spec(storage="/x/${buket}")), [glob], deep=False)
+
+
+def test_algorithm_facts_are_introspected_once_then_read_from_a_version_keyed_cache(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from gymflow import checks
+
+    checks.algo_facts.cache_clear()
+    facts = checks.algo_facts("sac")
+    assert facts == checks._introspect("sac")
+    assert {"learning_rate", "buffer_size", "noise_type"} <= facts.hyperparams and "policy" not in facts.hyperparams
+    assert facts.policies["MlpPolicy"] is not None and "net_arch" in facts.policies["MlpPolicy"]
+    cache = checks._cache_file()
+    assert cache.is_relative_to(Path(os.environ["GYMFLOW_HOME"]))
+    assert json.loads(cache.read_text())["sac"]["hyperparams"] == sorted(facts.hyperparams)
+
+    # another process validates from the cache without importing torch
+    probe = ("import sys; from gymflow import config; "
+             "config.resolve({'name': 'x', 'env': {'id': 'Pendulum-v1'}, 'algorithm': {'name': 'sac', "
+             "'hyperparams': {'learning_rate': 0.001, 'policy_kwargs': {'net_arch': [64]}}}, 'budget': {'timesteps': 10}}); "
+             "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+    cache.write_text("{not json")  # a damaged cache is ignored and rewritten
+    checks.algo_facts.cache_clear()
+    assert checks.algo_facts("sac") == facts and json.loads(cache.read_text())["sac"]

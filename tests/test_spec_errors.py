@@ -65,7 +65,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown_activation", _with("algorithm.hyperparams", {"policy_kwargs": {"activation_fn": "swishy"}}),
      "algorithm.hyperparams.policy_kwargs: unknown activation function 'swishy'; allowed: elu, gelu"),
     ("unknown_policy_kwarg", _with("algorithm.hyperparams", {"policy_kwargs": {"net_arc": [64]}}),
-     "algorithm.hyperparams.policy_kwargs.net_arc: not an argument of ActorCriticPolicy. Did you mean 'net_arch'?"),
+     "algorithm.hyperparams.policy_kwargs.net_arc: not an argument of MlpPolicy. Did you mean 'net_arch'?"),
     ("unknown_policy", _with("algorithm.policy", "MlpPolicyy"), "algorithm.policy: unknown policy 'MlpPolicyy' for ppo; allowed: MlpPolicy, CnnPolicy, MultiInputPolicy"),
     ("early_stopping_empty", _with("evaluation.early_stopping", {"min_delta": 1.0}),
      "evaluation.early_stopping: set patience, reward_threshold or both (or remove early_stopping)"),
