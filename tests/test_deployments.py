@@ -1,7 +1,7 @@
 """Deployments, schedules and alerts against a real `prefect server start`, a process work pool and worker.
 
-The module's stack runs `prefect deploy --all --prefect-file deployments/prefect.yaml` from the
-repository root, as a user does; flow runs are started with `prefect deployment run`.
+The module's stack runs `prefect deploy --all` from the repository root (its prefect.yaml links to
+deployments/prefect.yaml), as a user does; flow runs are started with `prefect deployment run`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ PHASES = ["provision", "setup", "train", "evaluate", "store", "teardown"]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("prefect-stack")
     with prefect_stack(folder) as running:
-        deployed = running.prefect("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        deployed = running.prefect("deploy", "--all")  # from the repository root, as a user does
+        assert "trial/nightly-cartpole" in deployed.stdout
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         running.start_worker()
         yield running
