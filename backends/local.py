@@ -16,7 +16,7 @@ from gymflow.errors import Problem
 from gymflow.procs import pid_alive
 from gymflow.spec import LocalBackendSpec, Spec
 from gymflow.storage import local_path
-from gymflow.worker import PARENT_ENV
+from gymflow.worker import CLAIMED_FILE, PARENT_ENV, STANDBY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,22 @@ class LocalBackend(Backend):
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         run_dir = Path(handle.run_uri)
+        if phase == "evaluate":
+            warm = self._claim_warm(handle)
+            if warm is not None:
+                (run_dir / "worker-evaluate.pid").write_text(str(warm))
+                logger.info("evaluate handed to the trained worker (pid %d), already warm", warm)
+                return {"pid": warm, "warm": True}
+        extra: list[str] = []
+        if phase == "train":
+            for name in (STANDBY_FILE, CLAIMED_FILE):
+                (run_dir / name).unlink(missing_ok=True)  # left by an earlier run
+            standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
+            extra = ["--standby", str(standby)] if standby > 0 else []
         out = (run_dir / f"worker-{phase}.out").open("ab")
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gymflow", "worker", phase, handle.run_uri],
+            [sys.executable, "-m", "gymflow", "worker", phase, handle.run_uri, *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
         out.close()
@@ -98,10 +110,25 @@ class LocalBackend(Backend):
             return None
         return pid if _is_worker_of(pid, handle.run_uri) else None
 
+    def _claim_warm(self, handle: Handle) -> int | None:
+        """The trained worker's pid if it stands by and this call claims it (an atomic rename), else None."""
+        pid = self._pid(handle, "train")
+        run_dir = Path(handle.run_uri)
+        if pid is None or not _alive(pid) or _standby_pid(run_dir / STANDBY_FILE) != pid:
+            return None
+        try:
+            os.rename(run_dir / STANDBY_FILE, run_dir / CLAIMED_FILE)
+        except FileNotFoundError:
+            return None  # it gave up waiting just now
+        return pid
+
     def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
         pid = self._pid(handle, phase)
         if pid is None:
             return WorkerState(running=False, detail="never launched")
+        run_dir = Path(handle.run_uri)
+        if phase == "train" and pid in (_standby_pid(run_dir / STANDBY_FILE), _standby_pid(run_dir / CLAIMED_FILE)):
+            return WorkerState(running=False, exit_code=0, detail="trained; standing by for evaluate")
         proc = _processes.get(pid)
         if proc is not None:
             code = proc.poll()
@@ -126,6 +153,13 @@ class LocalBackend(Backend):
     def _teardown(self, handle: Handle) -> None:
         for phase in ("train", "evaluate"):
             self._stop(handle, phase)  # type: ignore[arg-type]
+
+
+def _standby_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _reap(pid: int, timeout: float) -> None:

@@ -202,7 +202,11 @@ def list_backends() -> None:
 
 
 @worker_app.command("train")
-def worker_train(run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")]) -> None:
+def worker_train(
+    run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")],
+    standby: Annotated[float, typer.Option(help="After training, wait up to this many seconds to be handed the "
+                                                "evaluate phase (the local backend's warm start).", min=0)] = 0.0,
+) -> None:
     """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
     from gymflow import worker
     from gymflow.storage import open_run
@@ -214,6 +218,8 @@ def worker_train(run_uri: Annotated[str, typer.Argument(help="The run directory 
     if state != "completed":
         err.print(f"training {state}; rerun the same command to resume")
         raise typer.Exit(130 if state == "interrupted" else 1)
+    if standby > 0 and worker.standby_for_evaluate(store, standby):
+        worker_evaluate(run_uri)
 
 
 @worker_app.command("evaluate")

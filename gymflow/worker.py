@@ -13,17 +13,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from gymflow.procs import pid_alive
 from gymflow.results import LOG_FILE, EvalReport
 from gymflow.runtime.status import StatusFile
-from gymflow.runtime.trainer import ProgressHook, Trainer, load_spec
 from gymflow.storage import RunStore
+
+if TYPE_CHECKING:  # the trainer imports torch and SB3: only a worker process loads them, not an orchestrator
+    from gymflow.runtime.trainer import ProgressHook
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PARENT_ENV = "GYMFLOW_PARENT_PID"
+STANDBY_FILE = "worker.standby"  # a trained worker waiting to be handed the evaluate phase (local run dirs)
+CLAIMED_FILE = "worker.claimed"
 
 
 def watch_parent(interval_s: float = 2.0) -> None:
@@ -66,6 +71,8 @@ def worker_log(store: RunStore) -> Iterator[None]:
 
 def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
     """Train the run to its budget (resuming from the newest checkpoint); the final state."""
+    from gymflow.runtime.trainer import Trainer
+
     watch_parent()
     with worker_log(store):
         try:
@@ -78,6 +85,7 @@ def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
 def evaluate(store: RunStore) -> EvalReport:
     """Evaluate the run's final model and write eval.json."""
     from gymflow.runtime.evaluation import evaluate_run
+    from gymflow.runtime.trainer import load_spec
 
     with worker_log(store):
         status = StatusFile(store)
@@ -91,3 +99,24 @@ def evaluate(store: RunStore) -> EvalReport:
             raise
         status.finish("completed")
         return report
+
+
+def standby_for_evaluate(store: RunStore, seconds: float) -> bool:
+    """After a completed training, wait up to `seconds` to be handed the evaluate phase; True when handed it.
+
+    The orchestrator claims the warm process by renaming STANDBY_FILE (local backend); on timeout this
+    process deletes it instead. Only one of the two can succeed, so exactly one side decides. A warm
+    process saves the evaluate phase the interpreter, torch and SB3 start-up.
+    """
+    path = store.workdir / STANDBY_FILE
+    path.write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not path.exists():
+            return True
+        time.sleep(0.05)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True  # claimed at the last moment
+    return False

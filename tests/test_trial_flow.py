@@ -92,6 +92,35 @@ def test_trial_runs_six_phases_and_tracks_everything_in_mlflow(tmp_path: Path, m
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("warm_evaluate_s", [60.0, 0.0])
+def test_the_trained_worker_runs_the_evaluate_phase_unless_told_not_to(tmp_path: Path, mlflow_uri: str,
+                                                                       warm_evaluate_s: float) -> None:
+    spec = _spec(tmp_path, backend={"kind": "local", "warm_evaluate_s": warm_evaluate_s})
+    state = _run(spec)
+    assert state.is_completed(), state.message
+    run_dir = Path(spec.storage)
+    train_pid, evaluate_pid = ((run_dir / f"worker-{p}.pid").read_text() for p in ("train", "evaluate"))
+    assert (train_pid == evaluate_pid) is (warm_evaluate_s > 0)
+    assert len(json.loads((run_dir / "eval.json").read_text())["episodes"]) == 2
+    assert _workers_gone(run_dir)  # the warm worker exits after evaluating, a fresh one too
+    assert not (run_dir / "worker.standby").exists()
+
+
+def test_a_trained_worker_that_was_not_claimed_in_time_gives_up_and_evaluate_starts_a_fresh_one(make_run: Any) -> None:
+    import backends
+    from gymflow import config
+    from gymflow.worker import standby_for_evaluate
+
+    store = make_run(base_spec(budget={"timesteps": 128}, evaluation={"every_timesteps": None, "episodes": 1}))
+    assert standby_for_evaluate(store, 0.3) is False and not (store.workdir / "worker.standby").exists()
+    spec = config.resolve(store.read_json("spec.json"))
+    backend = backends.create(spec)
+    handle = backend.plan(spec)
+    (store.workdir / "worker-train.pid").write_text(str(os.getpid()))  # a live process that is not standing by
+    assert backend._claim_warm(handle) is None
+
+
+@pytest.mark.usefixtures("prefect_server")
 def test_training_metrics_reach_mlflow_while_the_worker_still_runs(tmp_path: Path, mlflow_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
