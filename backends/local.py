@@ -16,11 +16,13 @@ from gymflow.errors import Problem
 from gymflow.procs import pid_alive
 from gymflow.spec import LocalBackendSpec, Spec
 from gymflow.storage import local_path
-from gymflow.worker import CLAIMED_FILE, PARENT_ENV, STANDBY_FILE
+from gymflow.worker import PARENT_ENV, STANDBY_FILE, WAITING_FILE
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 15.0
+PRESTART_WAIT_S = 120.0  # how long a worker started in setup waits for the train phase
+CLAIM_PATIENCE_S = 15.0  # how long the train phase waits for that worker to announce itself
 _processes: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -71,22 +73,33 @@ class LocalBackend(Backend):
         return handle
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
-        return None
+        """Start the train worker now, so its start-up (Python, torch, SB3) overlaps the rest of setup;
+        it waits until the train phase claims it."""
+        run_dir = Path(handle.run_uri)
+        for name in (WAITING_FILE, STANDBY_FILE, _claimed(WAITING_FILE), _claimed(STANDBY_FILE)):
+            (run_dir / name).unlink(missing_ok=True)  # left by an earlier run
+        handle.data["train"] = {"pid": self._spawn(handle, "train", ["--wait", str(PRESTART_WAIT_S)]), "prestarted": True}
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         run_dir = Path(handle.run_uri)
-        if phase == "evaluate":
-            warm = self._claim_warm(handle)
-            if warm is not None:
-                (run_dir / "worker-evaluate.pid").write_text(str(warm))
-                logger.info("evaluate handed to the trained worker (pid %d), already warm", warm)
-                return {"pid": warm, "warm": True}
-        extra: list[str] = []
         if phase == "train":
-            for name in (STANDBY_FILE, CLAIMED_FILE):
-                (run_dir / name).unlink(missing_ok=True)  # left by an earlier run
-            standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
-            extra = ["--standby", str(standby)] if standby > 0 else []
+            (run_dir / STANDBY_FILE).unlink(missing_ok=True)
+            warm = self._claim(handle, WAITING_FILE, CLAIM_PATIENCE_S)
+        else:
+            warm = self._claim(handle, STANDBY_FILE, 0.0)
+        if warm is not None:
+            (run_dir / f"worker-{phase}.pid").write_text(str(warm))
+            logger.info("worker %s handed to the waiting worker (pid %d)", phase, warm)
+            return {"pid": warm, "warm": True}
+        if phase == "train":
+            self._stop(handle, "train")  # a started worker that did not announce itself in time is not kept
+        return {"pid": self._spawn(handle, phase, [])}
+
+    def _spawn(self, handle: Handle, phase: Phase, extra: list[str]) -> int:
+        run_dir = Path(handle.run_uri)
+        standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
+        if phase == "train" and standby > 0:
+            extra = [*extra, "--standby", str(standby)]
         out = (run_dir / f"worker-{phase}.out").open("ab")
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -97,7 +110,26 @@ class LocalBackend(Backend):
         _processes[proc.pid] = proc
         (run_dir / f"worker-{phase}.pid").write_text(str(proc.pid))  # teardown finds it even without the handle
         logger.info("worker %s started as pid %d", phase, proc.pid)
-        return {"pid": proc.pid}
+        return proc.pid
+
+    def _claim(self, handle: Handle, marker: str, patience_s: float) -> int | None:
+        """The train worker's pid if it waits at `marker` and this call claims it (an atomic rename), else None.
+
+        A worker that is still starting up gets `patience_s` to write its marker."""
+        pid = self._pid(handle, "train")
+        path = Path(handle.run_uri) / marker
+        deadline = time.monotonic() + patience_s
+        while pid is not None and _alive(pid):
+            if _marker_pid(path) == pid:
+                try:
+                    os.rename(path, path.with_name(_claimed(marker)))
+                except FileNotFoundError:
+                    return None  # it gave up waiting just now
+                return pid
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+        return None
 
     def _pid(self, handle: Handle, phase: Phase) -> int | None:
         entry = handle.data.get(phase)
@@ -110,24 +142,12 @@ class LocalBackend(Backend):
             return None
         return pid if _is_worker_of(pid, handle.run_uri) else None
 
-    def _claim_warm(self, handle: Handle) -> int | None:
-        """The trained worker's pid if it stands by and this call claims it (an atomic rename), else None."""
-        pid = self._pid(handle, "train")
-        run_dir = Path(handle.run_uri)
-        if pid is None or not _alive(pid) or _standby_pid(run_dir / STANDBY_FILE) != pid:
-            return None
-        try:
-            os.rename(run_dir / STANDBY_FILE, run_dir / CLAIMED_FILE)
-        except FileNotFoundError:
-            return None  # it gave up waiting just now
-        return pid
-
     def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
         pid = self._pid(handle, phase)
         if pid is None:
             return WorkerState(running=False, detail="never launched")
         run_dir = Path(handle.run_uri)
-        if phase == "train" and pid in (_standby_pid(run_dir / STANDBY_FILE), _standby_pid(run_dir / CLAIMED_FILE)):
+        if phase == "train" and pid in (_marker_pid(run_dir / STANDBY_FILE), _marker_pid(run_dir / _claimed(STANDBY_FILE))):
             return WorkerState(running=False, exit_code=0, detail="trained; standing by for evaluate")
         proc = _processes.get(pid)
         if proc is not None:
@@ -155,7 +175,11 @@ class LocalBackend(Backend):
             self._stop(handle, phase)  # type: ignore[arg-type]
 
 
-def _standby_pid(path: Path) -> int | None:
+def _claimed(marker: str) -> str:
+    return f"{marker}.claimed"
+
+
+def _marker_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):

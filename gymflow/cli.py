@@ -206,6 +206,8 @@ def worker_train(
     run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")],
     standby: Annotated[float, typer.Option(help="After training, wait up to this many seconds to be handed the "
                                                 "evaluate phase (the local backend's warm start).", min=0)] = 0.0,
+    wait: Annotated[float, typer.Option(help="Load torch and SB3, then wait up to this many seconds to be told to "
+                                             "start (the local backend starts the worker during setup).", min=0)] = 0.0,
 ) -> None:
     """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
     from gymflow import worker
@@ -213,13 +215,20 @@ def worker_train(
 
     _setup_logging(logging.INFO)
     store = open_run(run_uri)
+    if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_import_trainer):
+        return  # never needed: the orchestrator started another worker or gave up
     with _progress_bar(store) as hook:
         state = worker.train(store, hook)
     if state != "completed":
         err.print(f"training {state}; rerun the same command to resume")
         raise typer.Exit(130 if state == "interrupted" else 1)
-    if standby > 0 and worker.standby_for_evaluate(store, standby):
+    if standby > 0 and worker.wait_to_be_claimed(store, worker.STANDBY_FILE, standby):
         worker_evaluate(run_uri)
+
+
+def _import_trainer() -> None:
+    import gymflow.runtime.evaluation  # noqa: F401
+    import gymflow.runtime.trainer  # noqa: F401
 
 
 @worker_app.command("evaluate")

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -24,11 +24,12 @@ if TYPE_CHECKING:  # the trainer imports torch and SB3: only a worker process lo
     from gymflow.runtime.trainer import ProgressHook
 
 logger = logging.getLogger(__name__)
+_watching = False
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PARENT_ENV = "GYMFLOW_PARENT_PID"
 STANDBY_FILE = "worker.standby"  # a trained worker waiting to be handed the evaluate phase (local run dirs)
-CLAIMED_FILE = "worker.claimed"
+WAITING_FILE = "worker.waiting"  # a worker started during setup, waiting to be handed the train phase
 
 
 def watch_parent(interval_s: float = 2.0) -> None:
@@ -37,9 +38,11 @@ def watch_parent(interval_s: float = 2.0) -> None:
     The worker then gets SIGTERM from itself: it checkpoints and exits, so a lost
     orchestrator never leaves a training process behind.
     """
+    global _watching
     parent = os.environ.get(PARENT_ENV)
-    if not parent or not parent.isdigit():
+    if not parent or not parent.isdigit() or _watching:
         return
+    _watching = True
 
     def watch() -> None:
         while pid_alive(int(parent)):
@@ -101,20 +104,24 @@ def evaluate(store: RunStore) -> EvalReport:
         return report
 
 
-def standby_for_evaluate(store: RunStore, seconds: float) -> bool:
-    """After a completed training, wait up to `seconds` to be handed the evaluate phase; True when handed it.
 
-    The orchestrator claims the warm process by renaming STANDBY_FILE (local backend); on timeout this
-    process deletes it instead. Only one of the two can succeed, so exactly one side decides. A warm
-    process saves the evaluate phase the interpreter, torch and SB3 start-up.
+def wait_to_be_claimed(store: RunStore, marker: str, seconds: float, warm_up: Callable[[], object] | None = None) -> bool:
+    """Write `marker` (this pid) in the run dir, warm up, and wait up to `seconds` to be claimed; True when claimed.
+
+    The local backend starts a worker before it is needed (during setup; or it keeps the trained
+    worker for the evaluate phase) and claims it by renaming the marker; on timeout the worker
+    deletes the marker instead. Only one of the two can succeed, so exactly one side decides.
     """
-    path = store.workdir / STANDBY_FILE
+    watch_parent()  # an orchestrator that disappears meanwhile takes this worker with it
+    path = store.workdir / marker
     path.write_text(str(os.getpid()))
+    if warm_up is not None:
+        warm_up()  # e.g. import torch and SB3 while the orchestrator finishes setting up
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not path.exists():
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     try:
         path.unlink()
     except FileNotFoundError:

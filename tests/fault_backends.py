@@ -45,6 +45,7 @@ class FaultyBackend(LocalBackend):
         return handle
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
+        super()._setup(handle, spec)  # the train worker is started, so a failing setup must stop it
         if self.settings.fail_in == "setup":
             raise BackendError("could not prepare the worker image")
 
@@ -52,6 +53,7 @@ class FaultyBackend(LocalBackend):
         if self.settings.fail_in == "evaluate" and phase == "evaluate":
             (Path(handle.run_uri) / "model.zip").unlink()  # the worker then fails for real
         if self.settings.fail_in == "hang" and phase == "train":
+            self._stop(handle, "train")  # the worker started in setup is replaced by one that hangs
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "worker", handle.run_uri],
                                     start_new_session=True)
             _processes[proc.pid] = proc

@@ -106,18 +106,47 @@ def test_the_trained_worker_runs_the_evaluate_phase_unless_told_not_to(tmp_path:
     assert not (run_dir / "worker.standby").exists()
 
 
-def test_a_trained_worker_that_was_not_claimed_in_time_gives_up_and_evaluate_starts_a_fresh_one(make_run: Any) -> None:
+def test_a_waiting_worker_that_was_not_claimed_in_time_gives_up_and_the_phase_starts_a_fresh_one(make_run: Any) -> None:
     import backends
     from gymflow import config
-    from gymflow.worker import standby_for_evaluate
+    from gymflow.worker import STANDBY_FILE, WAITING_FILE, wait_to_be_claimed
 
     store = make_run(base_spec(budget={"timesteps": 128}, evaluation={"every_timesteps": None, "episodes": 1}))
-    assert standby_for_evaluate(store, 0.3) is False and not (store.workdir / "worker.standby").exists()
+    assert wait_to_be_claimed(store, WAITING_FILE, 0.3) is False and not (store.workdir / WAITING_FILE).exists()
     spec = config.resolve(store.read_json("spec.json"))
     backend = backends.create(spec)
     handle = backend.plan(spec)
-    (store.workdir / "worker-train.pid").write_text(str(os.getpid()))  # a live process that is not standing by
-    assert backend._claim_warm(handle) is None
+    (store.workdir / "worker-train.pid").write_text(str(os.getpid()))  # a live process that is not waiting
+    (store.workdir / STANDBY_FILE).write_text("1")  # a marker left by another process
+    assert backend._claim(handle, STANDBY_FILE, 0.2) is None
+    assert (store.workdir / STANDBY_FILE).exists()  # not someone else's to claim
+
+
+def test_a_worker_started_in_setup_is_claimed_by_the_train_phase_and_stopped_by_teardown(make_run: Any) -> None:
+    import backends
+    from gymflow import config
+    from gymflow.procs import pid_alive
+
+    store = make_run(base_spec(budget={"timesteps": 128}, evaluation={"every_timesteps": None, "episodes": 1}))
+    spec = config.resolve(store.read_json("spec.json"))
+    backend = backends.create(spec)
+    handle = backend.plan(spec)
+    backend.setup(handle, spec)
+    prestarted = handle.data["train"]["pid"]
+    backend.launch(handle, "train")
+    assert handle.data["train"] == {"pid": prestarted, "warm": True}
+    deadline = time.monotonic() + 120
+    while backend.poll(handle, "train").running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert json.loads((store.workdir / "status.json").read_text())["timesteps"] == 128
+    assert pid_alive(prestarted)  # standing by for evaluate
+    backend.teardown(handle)
+    assert _workers_gone(store.workdir)
+
+    handle = backend.plan(spec)  # a setup whose trial then fails: teardown stops the waiting worker
+    backend.setup(handle, spec)
+    backend.teardown(handle)
+    assert _workers_gone(store.workdir)
 
 
 @pytest.mark.usefixtures("prefect_server")
