@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from backends.base import Backend, BackendError, Features, Handle, Phase, WorkerState
 from gymflow.errors import Problem
 from gymflow.procs import pid_alive
+from gymflow.runtime.algorithms import THREADS_ENV
 from gymflow.spec import LocalBackendSpec, Spec
 from gymflow.storage import local_path
 from gymflow.worker import PARENT_ENV, STANDBY_FILE, WAITING_FILE
@@ -102,6 +103,9 @@ class LocalBackend(Backend):
             extra = [*extra, "--standby", str(standby)]
         out = (run_dir / f"worker-{phase}.out").open("ab")
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
+        threads = getattr(self.settings, "torch_threads", None)
+        if threads:
+            env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
         proc = subprocess.Popen(
             [sys.executable, "-m", "gymflow", "worker", phase, handle.run_uri, *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,

@@ -230,6 +230,8 @@ class LocalBackendSpec(_Model):
 
     kind: Literal["local"] = Field("local", description="local: a subprocess on this machine.")
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="Fail the trial when the worker's heartbeat is older than this.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads torch may use in the worker; default: all "
+                                      "cores. A sweep sets cores / trials at once, so parallel trials do not oversubscribe the CPU.")
     warm_evaluate_s: float = Field(60.0, ge=0, description="After training, the worker waits up to this long to run the "
                                    "evaluate phase itself, sparing a second start-up (Python, torch, SB3); 0: a fresh worker evaluates.")
 

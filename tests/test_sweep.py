@@ -98,6 +98,16 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
     assert len(children) == 6
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {f"sweep-{base.name}.png"}
     assert parent.data.metrics["best_mean_reward"] == pytest.approx(result.configs[0].mean_reward)
+    # two trials at a time on this machine: each worker gets its share of the cores for torch
+    threads = {json.loads((Path(r.run_uri) / "spec.json").read_text())["backend"]["torch_threads"] for r in result.rows}
+    assert threads == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_the_worker_applies_the_torch_thread_limit_its_backend_sets() -> None:
+    probe = ("import torch; from gymflow.runtime.algorithms import resolve_device; resolve_device('cpu'); "
+             "print(torch.get_num_threads())")
+    env = {**os.environ, "GYMFLOW_TORCH_THREADS": "1"}
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"
 
 
 def _max_concurrency(experiment: str) -> int:

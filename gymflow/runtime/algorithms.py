@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,18 @@ class LinearSchedule:
         return f"lin_{self.start}"
 
 
+THREADS_ENV = "GYMFLOW_TORCH_THREADS"
+
+
 def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when a GPU is present, else 'cpu'."""
-    if requested != "auto":
-        return requested
+    """'auto' -> 'cuda' when a GPU is present, else 'cpu'. Applies the torch thread limit the backend set."""
     import torch
 
+    threads = os.environ.get(THREADS_ENV, "")
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))  # parallel trials on one machine must not oversubscribe its cores
+    if requested != "auto":
+        return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
