@@ -50,8 +50,13 @@ def _error(state: Any, result: Any) -> str | None:
     return f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else None
 
 
-def _emit(kind: str, outcome: str, key: str, flow_run: Any, payload: dict[str, Any]) -> None:
+def _emit(kind: str, key: str, flow_run: Any, state: Any, result: Any, payload: dict[str, Any]) -> None:
+    """Emit gymflow.KIND.completed|failed for the final state, the error filled in on failure."""
     from prefect.events import emit_event
+
+    outcome = "completed" if state.is_completed() else "failed"
+    if outcome == "failed":
+        payload["error"] = _error(state, result)
 
     related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run",
                 "prefect.resource.name": flow_run.name}]
@@ -76,10 +81,7 @@ def trial_finished(flow: Any, flow_run: Any, state: Any) -> None:
         if isinstance(result, TrialResult):
             payload.update(experiment=result.experiment, trial_id=result.trial_id, mean_reward=result.mean_reward,
                            std_reward=result.std_reward, timesteps=result.timesteps, run_uri=result.run_uri)
-        outcome = "completed" if state.is_completed() else "failed"
-        if outcome == "failed":
-            payload["error"] = _error(state, result)
-        _emit("trial", outcome, payload["trial_id"] or str(flow_run.id), flow_run, payload)
+        _emit("trial", payload["trial_id"] or str(flow_run.id), flow_run, state, result, payload)
     except Exception:  # noqa: BLE001
         logger.warning("could not emit the trial's outcome event", exc_info=True)
 
@@ -96,9 +98,6 @@ def sweep_finished(flow: Any, flow_run: Any, state: Any) -> None:
             configs = result.configs
             payload.update(experiment=result.name, trials=len(rows), failed=result.failed, skipped=result.skipped,
                            best_config=result.best, mean_reward=configs[0].mean_reward if configs else None)
-        outcome = "completed" if state.is_completed() else "failed"
-        if outcome == "failed":
-            payload["error"] = _error(state, result)
-        _emit("sweep", outcome, payload["experiment"] or str(flow_run.id), flow_run, payload)
+        _emit("sweep", payload["experiment"] or str(flow_run.id), flow_run, state, result, payload)
     except Exception:  # noqa: BLE001
         logger.warning("could not emit the sweep's outcome event", exc_info=True)

@@ -104,11 +104,10 @@ def _save_webhook(url: str) -> UUID:
     return hook.save(WEBHOOK_BLOCK, overwrite=True)
 
 
-def apply(path: Path, block: str | None = None, webhook: str | None = None) -> list[Applied]:
-    """Create or update every automation of the file, notifying through the chosen block."""
+def apply(path: Path, items: list[dict[str, Any]], block: str | None = None, webhook: str | None = None) -> list[Applied]:
+    """Create or update the automations loaded from `path`, notifying through the chosen block."""
     from prefect.client.orchestration import get_client
 
-    items = load(path)
     applied = []
     with get_client(sync_client=True) as client:
         block_id = _block_id(client, block, webhook)
@@ -124,13 +123,13 @@ def apply(path: Path, block: str | None = None, webhook: str | None = None) -> l
     return applied
 
 
-def remove(path: Path) -> list[str]:
-    """Delete the automations of the file from the server; the names deleted."""
+def remove(items: list[dict[str, Any]]) -> list[str]:
+    """Delete the loaded automations from the server; the names deleted."""
     from prefect.client.orchestration import get_client
 
     removed = []
     with get_client(sync_client=True) as client:
-        for item in load(path):
+        for item in items:
             for found in client.read_automations_by_name(item["name"]):
                 client.delete_automation(found.id)
                 removed.append(found.name)

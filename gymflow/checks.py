@@ -81,9 +81,10 @@ def _cache_file() -> Path:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
+    from gymflow.server import home
+
     key = hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
-    home = Path(os.environ.get("GYMFLOW_HOME", Path.home() / ".gymflow"))
-    return home / "cache" / f"algorithms-{key}.json"
+    return home() / "cache" / f"algorithms-{key}.json"
 
 
 @lru_cache(maxsize=None)

@@ -164,10 +164,10 @@ def alerts_apply(
     from gymflow import alerts
 
     path = file or alerts.default_file()
-    alerts.load(path)
+    items = alerts.load(path)
     alerts.check_target(block, webhook)  # bad input: exit 2 before any server is contacted
     with _prefect_api():
-        applied = alerts.apply(path, block=block, webhook=webhook)
+        applied = alerts.apply(path, items, block=block, webhook=webhook)
     for item in applied:
         out.print(f"{'created' if item.created else 'updated'} automation [bold]{item.name}[/bold] ({item.id})", highlight=False)
 
@@ -177,10 +177,9 @@ def alerts_remove(file: AutomationsOpt = None) -> None:
     """Delete the alert automations from the Prefect server."""
     from gymflow import alerts
 
-    path = file or alerts.default_file()
-    alerts.load(path)
+    items = alerts.load(file or alerts.default_file())
     with _prefect_api():
-        removed = alerts.remove(path)
+        removed = alerts.remove(items)
     out.print(f"removed {len(removed)} automation(s)" + (f": {', '.join(removed)}" if removed else ""), highlight=False)
 
 

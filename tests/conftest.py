@@ -32,6 +32,15 @@ def base_spec(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def workers_gone(run_dir: Path) -> bool:
+    """No worker recorded in the run dir's pid files is alive (zombies count as gone)."""
+    for pid_file in run_dir.glob("worker-*.pid"):
+        status = Path(f"/proc/{pid_file.read_text().strip()}/status")
+        if status.exists() and "zombie" not in status.read_text():
+            return False
+    return True
+
+
 @pytest.fixture
 def write_spec(tmp_path: Path) -> Callable[..., Path]:
     """Write a spec mapping (or raw YAML text) to a file whose storage is under tmp_path/runs."""

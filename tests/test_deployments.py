@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import base_spec
+from conftest import base_spec, workers_gone
 from prefect_stack import Stack, free_port, prefect_stack
 
 pytestmark = pytest.mark.slow
@@ -241,14 +241,7 @@ def test_a_crashed_trial_sends_one_alert_and_leaves_no_worker_running(stack: Sta
     assert "outcome: crashed" in alert["body"] and f"'spec_file': '{spec_file}'" in alert["body"]
     (run_dir,) = (tmp_path / "runs").iterdir()
     deadline = time.monotonic() + 30
-    while not _workers_stopped(run_dir) and time.monotonic() < deadline:
+    while not workers_gone(run_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _workers_stopped(run_dir), "the training worker outlived its orchestrator"
+    assert workers_gone(run_dir), "the training worker outlived its orchestrator"
 
-
-def _workers_stopped(run_dir: Path) -> bool:
-    for pid_file in run_dir.glob("worker-*.pid"):
-        status = Path(f"/proc/{pid_file.read_text().strip()}/status")
-        if status.exists() and "zombie" not in status.read_text():
-            return False
-    return True

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import base_spec
+from prefect_stack import free_port
 from gymflow.sweep import combinations, expand
 from gymflow.spec import SweepSpec
 
@@ -162,7 +163,7 @@ def test_sweep_on_an_existing_dask_cluster_spreads_trials_over_its_workers(tmp_p
 
     from gymflow import pipeline
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ}
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -183,14 +184,6 @@ def test_sweep_on_an_existing_dask_cluster_spreads_trials_over_its_workers(tmp_p
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_workers(address: str, n: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import base_spec
+from conftest import base_spec, workers_gone
 from gymflow import config
 from gymflow.spec import Spec
 
@@ -44,19 +44,6 @@ def _run(spec: Spec) -> Any:
     from flows.trial import trial
 
     return trial(spec, return_state=True)
-
-
-def _workers_gone(run_dir: Path) -> bool:
-    for pid_file in run_dir.glob("worker-*.pid"):
-        pid = int(pid_file.read_text())
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        status = Path(f"/proc/{pid}/status")
-        if status.exists() and "zombie" not in status.read_text():
-            return False
-    return True
 
 
 def _teardowns(run_dir: Path) -> int:
@@ -102,7 +89,7 @@ def test_the_trained_worker_runs_the_evaluate_phase_unless_told_not_to(tmp_path:
     train_pid, evaluate_pid = ((run_dir / f"worker-{p}.pid").read_text() for p in ("train", "evaluate"))
     assert (train_pid == evaluate_pid) is (warm_evaluate_s > 0)
     assert len(json.loads((run_dir / "eval.json").read_text())["episodes"]) == 2
-    assert _workers_gone(run_dir)  # the warm worker exits after evaluating, a fresh one too
+    assert workers_gone(run_dir)  # the warm worker exits after evaluating, a fresh one too
     assert not (run_dir / "worker.standby").exists()
 
 
@@ -141,12 +128,12 @@ def test_a_worker_started_in_setup_is_claimed_by_the_train_phase_and_stopped_by_
     assert json.loads((store.workdir / "status.json").read_text())["timesteps"] == 128
     assert pid_alive(prestarted)  # standing by for evaluate
     backend.teardown(handle)
-    assert _workers_gone(store.workdir)
+    assert workers_gone(store.workdir)
 
     handle = backend.plan(spec)  # a setup whose trial then fails: teardown stops the waiting worker
     backend.setup(handle, spec)
     backend.teardown(handle)
-    assert _workers_gone(store.workdir)
+    assert workers_gone(store.workdir)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -198,7 +185,7 @@ def test_failure_in_any_phase_still_tears_down_and_keeps_the_original_error(
     assert message in state.message or message in str(state.result(raise_on_failure=False))
     run_dir = Path(spec.storage)
     assert _teardowns(run_dir) == 1
-    assert _workers_gone(run_dir)
+    assert workers_gone(run_dir)
     runs = _task_runs(state.state_details.flow_run_id)
     assert runs["teardown"] == ["COMPLETED"] and runs[fail_in] == ["FAILED"]
 
@@ -227,7 +214,7 @@ def test_lost_heartbeat_fails_the_train_task_and_kills_the_worker(tmp_path: Path
     state = _run(spec)
     assert state.is_failed()
     assert "heartbeat stopped" in str(state.result(raise_on_failure=False))
-    assert _workers_gone(Path(spec.storage)) and _teardowns(Path(spec.storage)) == 1
+    assert workers_gone(Path(spec.storage)) and _teardowns(Path(spec.storage)) == 1
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -256,7 +243,7 @@ def test_cancelling_a_running_trial_stops_the_worker_and_tears_down(tmp_path: Pa
     state = holder["state"]
     assert state.is_cancelled()
     run_dir = Path(spec.storage)
-    assert _workers_gone(run_dir) and _teardowns(run_dir) == 1
+    assert workers_gone(run_dir) and _teardowns(run_dir) == 1
     assert json.loads(status_file.read_text())["state"] == "interrupted"  # the worker checkpointed on its way out
 
 
