@@ -100,3 +100,24 @@ def test_the_shipped_automations_are_valid_prefect_automations() -> None:
     items = alerts.load(alerts.default_file())
     assert [i["name"] for i in items] == ["gymflow: trial or sweep failed", "gymflow: trial or sweep crashed",
                                          "gymflow: sweep completed"]
+
+
+def test_an_automations_file_that_is_not_yaml_is_refused(cli: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "automations.yaml"
+    bad.write_text("automations: [\n")
+    result = cli("alerts", "apply", "--webhook", "http://127.0.0.1:9/h", "--file", str(bad))
+    assert result.code == 2 and f"--file {bad}: invalid YAML:" in " ".join(result.stderr.split())
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_block_that_does_not_exist_or_cannot_notify_is_refused_with_the_fix(cli: Any) -> None:
+    from prefect.blocks.system import Secret
+
+    result = cli("alerts", "apply", "--block", "slack-webhook/nobody")
+    assert result.code == 2
+    assert f"--block 'slack-webhook/nobody': no such block on this Prefect server; {HINT}" in " ".join(result.stderr.split())
+    Secret(value="x").save("not-a-notifier", overwrite=True)
+    result = cli("alerts", "apply", "--block", "secret/not-a-notifier")
+    assert result.code == 2
+    assert (f"--block 'secret/not-a-notifier' is a secret block, which cannot send notifications; {HINT}"
+            in " ".join(result.stderr.split()))
