@@ -7,13 +7,19 @@ gymflow-plain, ...), so drift in the machine's speed hits both. The worker runs 
 the plain script does not evaluate. Throughput = timesteps / seconds inside `learn`; the whole
 process wall time (imports, env and model set-up) is shown too.
 
-    python bench/bench_worker_throughput.py [--timesteps 100000] [--repeats 3]
+Both processes get the same torch thread count through OMP_NUM_THREADS (`--threads`, default 1).
+With torch's default (2 threads on 2 cores) this small MLP trains ~15% slower and varies by
++-20% from run to run on a shared machine, which drowns a few percent of overhead; one thread
+is both faster and steadier. `--threads 0` leaves torch's default to both.
+
+    python bench/bench_worker_throughput.py [--timesteps 100000] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -25,16 +31,24 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def plain(timesteps: int) -> tuple[float, float]:
+def environment(threads: int) -> dict[str, str]:
+    env = {**os.environ, "CI": "true"}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def plain(timesteps: int, env: dict[str, str]) -> tuple[float, float]:
     started = time.perf_counter()
     out = subprocess.run([sys.executable, str(HERE / "plain_sb3_ppo_cartpole.py"), str(timesteps)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     wall = time.perf_counter() - started
     result = json.loads(out.strip().splitlines()[-1])
     return result["timesteps"] / result["learn_s"], wall
 
 
-def gymflow(timesteps: int, workdir: Path) -> tuple[float, float]:
+def gymflow(timesteps: int, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
     from gymflow import config
     from gymflow.init import render
     from gymflow.storage import open_run
@@ -44,8 +58,7 @@ def gymflow(timesteps: int, workdir: Path) -> tuple[float, float]:
         f"budget.timesteps={timesteps}", "evaluation.every_timesteps=null", f"storage={run}", "algorithm.device=cpu"])
     open_run(str(run)).write_json("spec.json", spec.model_dump(mode="json"))
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gymflow", "worker", "train", str(run)], check=True, capture_output=True,
-                   env={**__import__("os").environ, "CI": "true"})
+    subprocess.run([sys.executable, "-m", "gymflow", "worker", "train", str(run)], check=True, capture_output=True, env=env)
     wall = time.perf_counter() - started
     match = re.search(r"trained (\d+) timesteps in ([\d.]+) s", (run / "worker.log").read_text())
     assert match, "worker.log has no throughput line"
@@ -55,23 +68,28 @@ def gymflow(timesteps: int, workdir: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timesteps", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (OMP_NUM_THREADS); 0: torch's default")
     args = parser.parse_args()
+    env = environment(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             if i % 2 == 0:
-                p_fps, p_wall = plain(args.timesteps)
-                g_fps, g_wall = gymflow(args.timesteps, Path(tmp))
+                p_fps, p_wall = plain(args.timesteps, env)
+                g_fps, g_wall = gymflow(args.timesteps, Path(tmp), env)
             else:
-                g_fps, g_wall = gymflow(args.timesteps, Path(tmp))
-                p_fps, p_wall = plain(args.timesteps)
+                g_fps, g_wall = gymflow(args.timesteps, Path(tmp), env)
+                p_fps, p_wall = plain(args.timesteps, env)
             rows.append((p_fps, g_fps, p_wall, g_wall))
             print(f"run {i + 1}: plain SB3 {p_fps:7.0f} steps/s ({p_wall:5.1f} s wall) | "
                   f"gymflow worker {g_fps:7.0f} steps/s ({g_wall:5.1f} s wall) | ratio {g_fps / p_fps:.3f}", flush=True)
     p_fps, g_fps, p_wall, g_wall = (statistics.median(col) for col in zip(*rows))
-    print(f"\nPPO CartPole-v1, {args.timesteps} timesteps, median of {args.repeats}:")
-    print(f"  training throughput  plain SB3 {p_fps:7.0f} steps/s   gymflow {g_fps:7.0f} steps/s   ratio {g_fps / p_fps:.3f} (goal >= 0.97)")
+    threads = args.threads or "torch's default"
+    print(f"\nPPO CartPole-v1, {args.timesteps} timesteps, torch threads {threads}, median of {args.repeats}:")
+    ratio = statistics.median(g / p for p, g, _, _ in rows)  # per pair: both runs of a pair saw the same machine
+    print(f"  training throughput  plain SB3 {p_fps:7.0f} steps/s   gymflow {g_fps:7.0f} steps/s   "
+          f"ratio {ratio:.3f} (median of the pairs' ratios; goal >= 0.97)")
     print(f"  process wall time    plain SB3 {p_wall:7.1f} s         gymflow {g_wall:7.1f} s         ratio {p_wall / g_wall:.3f} (plain/gymflow)")
 
 
