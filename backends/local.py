@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from backends.base import Backend, BackendError, Features, Handle, Phase, WorkerState
 from gymflow.errors import Problem
+from gymflow import pool
 from gymflow.procs import pid_alive
 from gymflow.runtime.algorithms import THREADS_ENV
 from gymflow.spec import LocalBackendSpec, Spec
@@ -25,6 +26,7 @@ STOP_GRACE_S = 15.0
 PRESTART_WAIT_S = 120.0  # how long a worker started in setup waits for the train phase
 CLAIM_PATIENCE_S = 15.0  # how long the train phase waits for that worker to announce itself
 _processes: dict[int, subprocess.Popen[bytes]] = {}
+_serving: dict[int, str] = {}  # pooled worker pid -> the run dir it was last handed
 
 
 def _alive(pid: int) -> bool:
@@ -79,7 +81,26 @@ class LocalBackend(Backend):
         run_dir = Path(handle.run_uri)
         for name in (WAITING_FILE, STANDBY_FILE, _claimed(WAITING_FILE), _claimed(STANDBY_FILE)):
             (run_dir / name).unlink(missing_ok=True)  # left by an earlier run
+        reused = self._reuse(handle)
+        if reused is not None:
+            handle.data["train"] = {"pid": reused, "prestarted": True, "reused": True}
+            return
         handle.data["train"] = {"pid": self._spawn(handle, "train", ["--wait", str(PRESTART_WAIT_S)]), "prestarted": True}
+
+    def _pool(self) -> Path:
+        return pool.pool_dir(os.getpid(), getattr(self.settings, "torch_threads", None))
+
+    def _reuse(self, handle: Handle) -> int | None:
+        """An idle worker of this process from an earlier trial, handed this run; None when there is none."""
+        if not float(getattr(self.settings, "reuse_workers_s", None) or 0.0):
+            return None
+        for pid in pool.idle_pids(self._pool()):
+            if pid in _processes and _alive(pid) and pool.claim(self._pool(), pid, handle.run_uri):
+                _serving[pid] = handle.run_uri
+                (Path(handle.run_uri) / "worker-train.pid").write_text(str(pid))
+                logger.info("worker train: reusing the idle worker pid %d", pid)
+                return pid
+        return None
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         run_dir = Path(handle.run_uri)
@@ -99,8 +120,9 @@ class LocalBackend(Backend):
     def _spawn(self, handle: Handle, phase: Phase, extra: list[str]) -> int:
         run_dir = Path(handle.run_uri)
         standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
+        reuse = float(getattr(self.settings, "reuse_workers_s", None) or 0.0)
         if phase == "train" and standby > 0:
-            extra = [*extra, "--standby", str(standby)]
+            extra = [*extra, "--standby", str(standby), *(["--reuse", str(reuse)] if reuse > 0 else [])]
         out = (run_dir / f"worker-{phase}.out").open("ab")
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
         threads = getattr(self.settings, "torch_threads", None)
@@ -112,6 +134,8 @@ class LocalBackend(Backend):
         )
         out.close()
         _processes[proc.pid] = proc
+        if "--reuse" in extra:
+            _serving[proc.pid] = handle.run_uri
         (run_dir / f"worker-{phase}.pid").write_text(str(proc.pid))  # teardown finds it even without the handle
         logger.info("worker %s started as pid %d", phase, proc.pid)
         return proc.pid
@@ -153,15 +177,24 @@ class LocalBackend(Backend):
         run_dir = Path(handle.run_uri)
         if phase == "train" and pid in (_marker_pid(run_dir / STANDBY_FILE), _marker_pid(run_dir / _claimed(STANDBY_FILE))):
             return WorkerState(running=False, exit_code=0, detail="trained; standing by for evaluate")
+        if not self._serves(pid, handle):
+            return WorkerState(running=False, exit_code=0, detail="evaluated; back in the pool for the next trial")
         proc = _processes.get(pid)
         if proc is not None:
             code = proc.poll()
             return WorkerState(running=code is None, exit_code=code)
         return WorkerState(running=_alive(pid), detail="exit code unknown: not a child of this process")
 
+    def _serves(self, pid: int, handle: Handle) -> bool:
+        """Whether `pid` still works on this trial: a pooled worker that went back to the pool, or was
+        handed another trial since, is not this trial's to wait for or to stop."""
+        if pid not in _serving:
+            return True
+        return _serving[pid] == handle.run_uri and not pool.is_idle(self._pool(), pid)
+
     def _stop(self, handle: Handle, phase: Phase) -> None:
         pid = self._pid(handle, phase)
-        if pid is None or not _alive(pid):
+        if pid is None or not _alive(pid) or not self._serves(pid, handle):
             return
         logger.info("stopping worker %s (pid %d)", phase, pid)
         _signal_group(pid, signal.SIGTERM)
@@ -177,6 +210,20 @@ class LocalBackend(Backend):
     def _teardown(self, handle: Handle) -> None:
         for phase in ("train", "evaluate"):
             self._stop(handle, phase)  # type: ignore[arg-type]
+
+
+def release_idle_workers() -> int:
+    """Stop the workers of this process that wait idle for a next trial (a sweep calls this at its end)."""
+    released = 0
+    for folder in pool.pool_dir(os.getpid(), None).parent.glob(f"{os.getpid()}-t*"):
+        for pid in pool.idle_pids(folder):
+            if pid in _processes and pool.claim(folder, pid, ""):  # an empty run: it will not start anything
+                _signal_group(pid, signal.SIGTERM)
+                _reap(pid, STOP_GRACE_S)
+                _serving.pop(pid, None)
+                released += 1
+        pool.tidy(folder)
+    return released
 
 
 def _claimed(marker: str) -> str:

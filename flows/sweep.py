@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +31,15 @@ logger = logging.getLogger(__name__)
 
 DASK_ADDRESS_ENV = "GYMFLOW_DASK_ADDRESS"
 Runner = Literal["dask", "threads"]
+# Our own cluster's workers only wait on trial flows, while the trainings they follow need every core: Dask's
+# statistical profiler (every 10 ms) and its monitors cost a few % of a core per worker for nothing here.
+QUIET_DASK_WORKERS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "2s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
+REUSE_WORKERS_S = 30.0  # how long a sweep's finished worker waits for the next trial of its Dask worker
 
 
 class SweepResult(BaseModel):
@@ -89,6 +100,9 @@ def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
     if address:
         return DaskTaskRunner(address=address)
     logging.getLogger("distributed").setLevel(logging.WARNING)  # our own cluster's start/stop chatter is not news
+    import dask
+
+    dask.config.set(QUIET_DASK_WORKERS)  # the workers get this process's config
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None})
 
@@ -164,25 +178,43 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(trials), skipped, len(todo))
     address = dask_address or sweep_spec.dask_address or os.environ.get(DASK_ADDRESS_ENV)
     workers = max_parallel or min(len(todo) or 1, os.cpu_count() or 1)
-    if not address:  # every trial trains on this machine: share its cores instead of oversubscribing them
-        todo = [_share_cores(t, max(1, (os.cpu_count() or 1) // workers)) for t in todo]
+    # on a local cluster every trial trains on this machine: each gets its share of the cores
+    threads = None if address else max(1, (os.cpu_count() or 1) // workers)
+    todo = [_local_settings(t, threads) for t in todo]
     if todo:
         results.update(_run_all(todo, parent, _task_runner(runner, address, workers), max_parallel or len(todo)))
     return _compare(name, trials, varied, results, skipped, tracker, parent)
 
 
-def _share_cores(trial: Spec, threads: int) -> Spec:
-    """A local trial limited to its share of the cores (two trainings with all cores each ran ~6x slower)."""
-    if not isinstance(trial.backend, LocalBackendSpec) or trial.backend.torch_threads is not None:
+def _local_settings(trial: Spec, threads: int | None) -> Spec:
+    """A local trial's worker settings for a sweep, where the user left them unset: limited to its share of the
+    cores (two trainings with all cores each ran ~6x slower), and kept warm for the next trial of its Dask worker."""
+    if not isinstance(trial.backend, LocalBackendSpec):
         return trial
-    return trial.model_copy(update={"backend": trial.backend.model_copy(update={"torch_threads": threads})})
+    update: dict[str, Any] = {}
+    if threads is not None and trial.backend.torch_threads is None:
+        update["torch_threads"] = threads
+    if trial.backend.reuse_workers_s is None:
+        update["reuse_workers_s"] = REUSE_WORKERS_S
+    return trial.model_copy(update={"backend": trial.backend.model_copy(update=update)}) if update else trial
+
+
+@contextmanager
+def _releasing_idle_workers() -> Iterator[None]:
+    """Workers kept warm by trials that ran in this process (the threads runner) stop with the sweep."""
+    from backends.local import release_idle_workers
+
+    try:
+        yield
+    finally:
+        release_idle_workers()
 
 
 def _run_all(todo: list[Spec], parent: str, task_runner: Any, limit: int) -> dict[str, TrialResult]:
     """Submit at most `limit` trials at a time; collect every result, whatever happens to each."""
     results: dict[str, TrialResult] = {}
     pending = list(todo)
-    with task_runner:
+    with task_runner, _releasing_idle_workers():
         running: dict[Any, Spec] = {}
         while pending or running:
             while pending and len(running) < limit:

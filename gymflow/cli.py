@@ -207,22 +207,28 @@ def worker_train(
                                                 "evaluate phase (the local backend's warm start).", min=0)] = 0.0,
     wait: Annotated[float, typer.Option(help="Load torch and SB3, then wait up to this many seconds to be told to "
                                              "start (the local backend starts the worker during setup).", min=0)] = 0.0,
+    reuse: Annotated[float, typer.Option(help="After evaluating, wait up to this many seconds to be handed the next "
+                                              "trial of the same orchestrator (the local backend in sweeps).", min=0)] = 0.0,
 ) -> None:
     """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
     from gymflow import worker
     from gymflow.storage import open_run
 
     _setup_logging(logging.INFO)
-    store = open_run(run_uri)
-    if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_import_trainer):
-        return  # never needed: the orchestrator started another worker or gave up
-    with _progress_bar(store) as hook:
-        state = worker.train(store, hook)
-    if state != "completed":
-        err.print(f"training {state}; rerun the same command to resume")
-        raise typer.Exit(130 if state == "interrupted" else 1)
-    if standby > 0 and worker.wait_to_be_claimed(store, worker.STANDBY_FILE, standby):
-        worker_evaluate(run_uri)
+    run: str | None = run_uri
+    while run is not None:
+        store = open_run(run)
+        if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_import_trainer):
+            return  # never needed: the orchestrator started another worker or gave up
+        with _progress_bar(store) as hook:
+            state = worker.train(store, hook)
+        if state != "completed":
+            err.print(f"training {state}; rerun the same command to resume")
+            raise typer.Exit(130 if state == "interrupted" else 1)
+        if not (standby > 0 and worker.wait_to_be_claimed(store, worker.STANDBY_FILE, standby)):
+            return
+        worker_evaluate(run)
+        run = worker.next_trial(reuse) if wait > 0 else None  # a pooled worker is claimed like a prestarted one
 
 
 def _import_trainer() -> None:

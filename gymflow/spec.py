@@ -234,6 +234,9 @@ class LocalBackendSpec(_Model):
                                       "cores. A sweep sets cores / trials at once, so parallel trials do not oversubscribe the CPU.")
     warm_evaluate_s: float = Field(60.0, ge=0, description="After training, the worker waits up to this long to run the "
                                    "evaluate phase itself, sparing a second start-up (Python, torch, SB3); 0: a fresh worker evaluates.")
+    reuse_workers_s: float | None = Field(None, ge=0, description="After evaluating, the worker waits up to this long to be "
+                                          "handed the next trial of the same orchestrator process, sparing that trial a start-up; "
+                                          "default: 30 in a sweep, 0 for a single trial. 0: every trial starts its own worker.")
 
 
 class PluginBackendSpec(BaseModel):

@@ -127,3 +127,30 @@ def wait_to_be_claimed(store: RunStore, marker: str, seconds: float, warm_up: Ca
     except FileNotFoundError:
         return True  # claimed at the last moment
     return False
+
+
+def next_trial(seconds: float) -> str | None:
+    """Wait idle in the pool of the orchestrator that started this worker for its next trial's run URI.
+
+    Only a worker started by an orchestrator (GYMFLOW_PARENT_PID) joins a pool. Once handed a
+    run, its output goes to that run's worker-train.out, as if it had been started for it.
+    """
+    from gymflow import pool
+    from gymflow.runtime.algorithms import THREADS_ENV
+    from gymflow.storage import local_path
+
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit() or seconds <= 0:
+        return None
+    run_uri = pool.offer(pool.pool_dir(int(parent), os.environ.get(THREADS_ENV)), seconds)
+    if not run_uri:
+        return None  # nothing came, or the orchestrator released this worker
+    path = local_path(run_uri)
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        with (path / "worker-train.out").open("ab") as out:
+            for fd in (1, 2):
+                os.dup2(out.fileno(), fd)
+    logger.info("handed the next trial: %s", run_uri)
+    return run_uri
+

@@ -15,7 +15,8 @@ from gymflow.spec import Spec
 from gymflow.tracking import Tracker
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
-POLL_S = 0.5
+POLL_S = 0.5  # how soon the end of a phase is noticed
+FORWARD_S = 2.0  # how often new metrics, log lines and progress go to MLflow and Prefect
 CANCEL_CHECK_S = 3.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
 
@@ -58,14 +59,18 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     backend.launch(handle, phase)
     last_cancel_check = time.monotonic()
     timeout = heartbeat_timeout(spec)
+    status: Status | None = None
+    next_forward = 0.0
     try:
         while True:
             state = backend.poll(handle, phase)
-            status = _forward(follower, tracker, ctx, progress, log)
             if not state.running:
                 status = _forward(follower, tracker, ctx, progress, log) or status
                 break
-            _check_heartbeat(_fresh(status, phase, launched), launched, timeout, phase)
+            if time.monotonic() >= next_forward:  # batched: each MLflow write and Prefect update takes CPU from training
+                next_forward = time.monotonic() + FORWARD_S
+                status = _forward(follower, tracker, ctx, progress, log) or status
+                _check_heartbeat(_fresh(status, phase, launched), launched, timeout, phase)
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
                 last_cancel_check = time.monotonic()
                 if cancel_requested(ctx.flow_run_id):

@@ -93,6 +93,45 @@ def test_the_trained_worker_runs_the_evaluate_phase_unless_told_not_to(tmp_path:
     assert not (run_dir / "worker.standby").exists()
 
 
+@pytest.mark.usefixtures("prefect_server")
+def test_a_finished_worker_is_handed_the_next_trial_of_its_orchestrator_unless_it_failed(tmp_path: Path,
+                                                                                         mlflow_uri: str) -> None:
+    from backends.local import release_idle_workers
+    from gymflow.procs import pid_alive
+
+    pooled = {"kind": "local", "reuse_workers_s": 60}
+    first, exploding, third = (
+        _spec(tmp_path, seed=1, backend=pooled),
+        _spec(tmp_path, seed=2, backend=pooled, env={"id": "sim_envs:ExplodingEnv", "kwargs": {"fail_after": 100}}),
+        _spec(tmp_path, seed=3, backend=pooled),
+    )
+    assert _run(first).is_completed()
+    first_dir = Path(first.storage)
+    reused = int((first_dir / "worker-train.pid").read_text())
+    assert pid_alive(reused) and workers_gone(first_dir) is False  # idle, waiting for this process's next trial
+
+    state = _run(exploding)  # handed the idle worker, whose training then fails: it exits and is not kept
+    assert state.is_failed() and "simulator diverged" in str(state.result(raise_on_failure=False))
+    exploding_dir = Path(exploding.storage)
+    assert int((exploding_dir / "worker-train.pid").read_text()) == reused
+    assert "handed the next trial" in (exploding_dir / "worker-train.out").read_text()
+    assert "simulator diverged" in (exploding_dir / "worker.log").read_text()
+    assert "simulator diverged" not in (first_dir / "worker.log").read_text()  # each run dir keeps its own log
+    deadline = time.monotonic() + 20
+    while pid_alive(reused) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(reused)
+
+    state = _run(third)
+    assert state.is_completed(), state.message
+    third_dir = Path(third.storage)
+    fresh = int((third_dir / "worker-train.pid").read_text())
+    assert fresh != reused and int((third_dir / "worker-evaluate.pid").read_text()) == fresh
+    assert json.loads((third_dir / "eval.json").read_text())["timesteps"] == 512
+    assert release_idle_workers() == 1
+    assert workers_gone(third_dir) and workers_gone(first_dir)
+
+
 def test_a_waiting_worker_that_was_not_claimed_in_time_gives_up_and_the_phase_starts_a_fresh_one(make_run: Any) -> None:
     import backends
     from gymflow import config
