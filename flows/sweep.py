@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ QUIET_DASK_WORKERS = {
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.admin.system-monitor.gil.enabled": False,
 }
+PRELOAD = ("flows.trial", "mlflow.tracking")  # imported while the workers start, not by each one's first trial
 REUSE_WORKERS_S = 30.0  # how long a sweep's finished worker waits for the next trial of its Dask worker
 
 
@@ -104,7 +106,7 @@ def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
 
     dask.config.set(QUIET_DASK_WORKERS)  # the workers get this process's config
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "preload": list(PRELOAD)})
 
 
 def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> str:
@@ -163,9 +165,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
     name = base.name
     max_parallel = max_parallel or sweep_spec.max_parallel
-    tracker = Tracker(tracking_uri)
     sid = sweep_id(trials)
-    parent = _parent_run(tracker, name, trials, sid)
     results: dict[str, TrialResult] = {}
     todo = []
     for trial_spec in trials:
@@ -181,9 +181,17 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     # on a local cluster every trial trains on this machine: each gets its share of the cores
     threads = None if address else max(1, (os.cpu_count() or 1) // workers)
     todo = [_local_settings(t, threads) for t in todo]
-    if todo:
-        results.update(_run_all(todo, parent, _task_runner(runner, address, workers), max_parallel or len(todo)))
+    with ThreadPoolExecutor(1, thread_name_prefix="gymflow-sweep-run") as background:
+        tracked = background.submit(_tracked, tracking_uri, name, trials, sid)  # while the Dask cluster starts
+        if todo:
+            results.update(_run_all(todo, tracked, _task_runner(runner, address, workers), max_parallel or len(todo)))
+        tracker, parent = tracked.result()
     return _compare(name, trials, varied, results, skipped, tracker, parent)
+
+
+def _tracked(tracking_uri: str, name: str, trials: list[Spec], sid: str) -> tuple[Tracker, str]:
+    tracker = Tracker(tracking_uri)
+    return tracker, _parent_run(tracker, name, trials, sid)
 
 
 def _local_settings(trial: Spec, threads: int | None) -> Spec:
@@ -210,11 +218,12 @@ def _releasing_idle_workers() -> Iterator[None]:
         release_idle_workers()
 
 
-def _run_all(todo: list[Spec], parent: str, task_runner: Any, limit: int) -> dict[str, TrialResult]:
-    """Submit at most `limit` trials at a time; collect every result, whatever happens to each."""
+def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int) -> dict[str, TrialResult]:
+    """Submit at most `limit` trials at a time, under the sweep's MLflow run; collect every result, whatever happens to each."""
     results: dict[str, TrialResult] = {}
     pending = list(todo)
     with task_runner, _releasing_idle_workers():
+        parent = tracked.result()[1]
         running: dict[Any, Spec] = {}
         while pending or running:
             while pending and len(running) < limit:
