@@ -16,7 +16,7 @@ from gymflow.tracking import Tracker
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
 POLL_S = 0.5  # how soon the end of a phase is noticed
-FORWARD_S = 2.0  # how often new metrics, log lines and progress go to MLflow and Prefect
+FORWARD_S = 5.0  # how often new metrics, log lines and progress go to MLflow and Prefect
 CANCEL_CHECK_S = 3.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
 
