@@ -7,10 +7,11 @@ gymflow-plain, ...), so drift in the machine's speed hits both. The worker runs 
 the plain script does not evaluate. Throughput = timesteps / seconds inside `learn`; the whole
 process wall time (imports, env and model set-up) is shown too.
 
-Both processes get the same torch thread count through OMP_NUM_THREADS (`--threads`, default 1).
-With torch's default (2 threads on 2 cores) this small MLP trains ~15% slower and varies by
-+-20% from run to run on a shared machine, which drowns a few percent of overhead; one thread
-is both faster and steadier. `--threads 0` leaves torch's default to both.
+Both processes get the same torch thread count through OMP_NUM_THREADS (`--threads`, default 1),
+so the ratio measures what gymflow adds, not a thread setting. `--threads 0` leaves the plain
+script torch's default and the worker its own choice (one thread for this small MLP).
+This shared 2-core machine drifts by 10-20% within minutes, so runs come in pairs and the
+ratio is the median of the pairs' ratios.
 
     python bench/bench_worker_throughput.py [--timesteps 100000] [--repeats 5] [--threads 1]
 """

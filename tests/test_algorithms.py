@@ -43,3 +43,28 @@ def test_algorithm_trains_checkpoints_and_evaluates(algo: str, env_id: str, para
     newest = max(p for p in (store.workdir / "checkpoints").iterdir())
     has_buffer = (newest / "replay_buffer.pkl").exists()
     assert has_buffer == (algo in {"dqn", "qrdqn", "sac", "td3", "ddpg", "tqc"})
+
+
+def test_small_mlp_policies_train_on_one_cpu_thread_unless_someone_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from stable_baselines3 import PPO, SAC
+
+    from gymflow.runtime import algorithms
+    from gymflow.runtime.algorithms import THREADS_ENV, fit_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(algorithms, "_torch_default_threads", None)  # torch's default is what it has now
+        small = PPO("MlpPolicy", "CartPole-v1", n_steps=16, device="cpu")  # 64x64
+        wide = PPO("MlpPolicy", "CartPole-v1", n_steps=16, device="cpu", policy_kwargs={"net_arch": [256, 256]})
+        assert fit_threads(small, "cpu") == 1 and torch.get_num_threads() == 1
+        default = fit_threads(wide, "cpu")  # torch's own choice comes back for the next, larger model
+        assert default == torch.get_num_threads() and default > 1
+        assert fit_threads(SAC("MlpPolicy", "Pendulum-v1", device="cpu"), "cpu") == default  # 256x256
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        assert fit_threads(small, "cpu") == default
+    finally:
+        torch.set_num_threads(before)
