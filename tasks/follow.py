@@ -15,7 +15,7 @@ from gymflow.spec import Spec
 from gymflow.tracking import Tracker
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
-POLL_S = 0.5  # how soon the end of a phase is noticed
+POLL_S = 0.25  # how soon the end of a phase is noticed
 FORWARD_S = 5.0  # how often new metrics, log lines and progress go to MLflow and Prefect
 CANCEL_CHECK_S = 3.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0

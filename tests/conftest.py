@@ -67,14 +67,14 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
-    """Run `gymflow ARGS...` in this process through its real entry point."""
-    from gymflow.cli import main
+    """Run `gymflow ARGS...` in this process through the entry point's code (main() adds only a fast exit)."""
+    from gymflow.cli import run_cli
 
     def run(*args: str) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["gymflow", *map(str, args)])
         capsys.readouterr()
         try:
-            main()
+            run_cli()
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)
