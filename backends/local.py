@@ -134,6 +134,7 @@ class LocalBackend(Backend):
         )
         out.close()
         _processes[proc.pid] = proc
+        _serving.pop(proc.pid, None)  # a pid the system reused after an earlier pooled worker
         if "--reuse" in extra:
             _serving[proc.pid] = handle.run_uri
         (run_dir / f"worker-{phase}.pid").write_text(str(proc.pid))  # teardown finds it even without the handle
