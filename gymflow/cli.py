@@ -297,9 +297,12 @@ def _exit_now(code: int | str | None) -> None:
 
     if isinstance(code, str):
         err.print(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # what the interpreter does first at exit: tell thread pools to finish (their workers wait on a
+    # queue until told), then join the non-daemon threads
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:  # not CPython as we know it: the ordinary, slower exit
+        sys.exit(code)
+    shutdown()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -308,6 +311,20 @@ def _exit_now(code: int | str | None) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's usage errors; Typer 0.2x raises those of its own copy of click (typer._click)."""
+    import click
+
+    kinds: list[type] = [click.exceptions.ClickException]
+    try:
+        from typer.exceptions import TyperException
+
+        kinds.append(TyperException)
+    except ImportError:  # an older Typer, which raises click's own
+        pass
+    return isinstance(exc, tuple(kinds)) and hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 def run_cli() -> None:
@@ -327,11 +344,9 @@ def run_cli() -> None:
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):  # usage errors: exit 2
-            exc.show()
-            sys.exit(exc.exit_code)
+        if _is_usage_error(exc):  # a missing or bad option: click's message, exit 2
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if os.environ.get("GYMFLOW_DEBUG"):
             raise
         from rich.text import Text

@@ -74,3 +74,28 @@ def test_init_ppo_cartpole_run_through_the_pipeline_reaches_475(cli: Any, tmp_pa
     assert report["mean_reward"] >= 475
     status = yaml.safe_load((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "completed"
+
+
+def test_the_console_command_flushes_its_output_and_keeps_its_exit_code(tmp_path: Path) -> None:
+    """`gymflow` skips the interpreter's teardown when it exits: output and exit codes must survive that."""
+    import os
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.yaml"
+    good.write_text(subprocess.run([sys.executable, "-m", "gymflow", "init", "--algo", "ppo", "--env", "CartPole-v1"],
+                                   check=True, capture_output=True, text=True).stdout)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("timesteps: 100000", "timesteps: -5"))
+    env = {**os.environ, "CI": "true"}
+    ok = subprocess.run([sys.executable, "-m", "gymflow", "validate", str(good)], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "name: cartpole-ppo" in ok.stdout and "is valid" in ok.stderr
+    refused = subprocess.run([sys.executable, "-m", "gymflow", "validate", str(bad)], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "budget.timesteps: must be >= 1, got -5" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_missing_option_is_a_usage_error_with_exit_code_2(cli: Any) -> None:
+    result = cli("init", "--env", "CartPole-v1")
+    assert result.code == 2
+    assert "Missing option '--algo'" in result.stderr and "Traceback" not in result.stderr and "failed:" not in result.stderr
