@@ -127,6 +127,16 @@ class Backend(ABC):
         """The trial's run directory."""
         return open_run(handle.run_uri)
 
+    # -- many trials from one process (sweeps) ---------------------------------------
+    def prestart(self, count: int) -> int:
+        """Start up to `count` workers ahead of the trials that this process will run, so that their start-up
+        overlaps the orchestrator's own; returns how many were started. Default: none."""
+        return 0
+
+    def release_idle(self) -> int:
+        """Stop the workers this process keeps warm for further trials; returns how many. Default: none."""
+        return 0
+
     # -- hooks -------------------------------------------------------------------
     @abstractmethod
     def _plan(self, spec: Spec) -> Handle: ...

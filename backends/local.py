@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_S = 15.0
 PRESTART_WAIT_S = 120.0  # how long a worker started in setup waits for the train phase
 CLAIM_PATIENCE_S = 15.0  # how long the train phase waits for that worker to announce itself
+PRESTART_PATIENCE_S = 30.0  # how long setup waits for a worker started ahead of the trials to finish starting
 _processes: dict[int, subprocess.Popen[bytes]] = {}
 _serving: dict[int, str] = {}  # pooled worker pid -> the run dir it was last handed
+_starting: dict[int, Path] = {}  # prestarted workers never handed a trial -> their pool
 
 
 def _alive(pid: int) -> bool:
@@ -91,16 +93,48 @@ class LocalBackend(Backend):
         return pool.pool_dir(os.getpid(), getattr(self.settings, "torch_threads", None))
 
     def _reuse(self, handle: Handle) -> int | None:
-        """An idle worker of this process from an earlier trial, handed this run; None when there is none."""
-        if not float(getattr(self.settings, "reuse_workers_s", None) or 0.0):
+        """An idle worker of this process (prestarted, or from an earlier trial), handed this run; None when there
+        is none. While prestarted workers are still starting up, waits for one rather than start yet another."""
+        if not self._reuse_s():
             return None
-        for pid in pool.idle_pids(self._pool()):
-            if pid in _processes and _alive(pid) and pool.claim(self._pool(), pid, handle.run_uri):
-                _serving[pid] = handle.run_uri
-                (Path(handle.run_uri) / "worker-train.pid").write_text(str(pid))
-                logger.info("worker train: reusing the idle worker pid %d", pid)
-                return pid
-        return None
+        folder = self._pool()
+        deadline = time.monotonic() + PRESTART_PATIENCE_S
+        while True:
+            starting = [pid for pid, where in list(_starting.items()) if where == folder and _alive(pid)
+                        and not pool.is_idle(folder, pid)]
+            for pid in pool.idle_pids(folder):
+                if pid in _processes and _alive(pid) and pool.claim(folder, pid, handle.run_uri):
+                    _starting.pop(pid, None)
+                    _serving[pid] = handle.run_uri
+                    (Path(handle.run_uri) / "worker-train.pid").write_text(str(pid))
+                    logger.info("worker train: handed to the idle worker pid %d", pid)
+                    return pid
+            if not starting or time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def _reuse_s(self) -> float:
+        return float(getattr(self.settings, "reuse_workers_s", None) or 0.0)
+
+    def prestart(self, count: int) -> int:
+        """Start `count` workers that load torch and SB3 and wait in this process's pool (when workers are reused)."""
+        reuse = self._reuse_s()
+        if reuse <= 0:
+            return 0
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gymflow", "worker", "pool", *self._train_options(reuse), "--wait", str(PRESTART_WAIT_S)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=self._env(),
+                start_new_session=True,
+            )  # its output goes to the run dir of the trial it is handed
+            _processes[proc.pid] = proc
+            _serving[proc.pid] = ""
+            _starting[proc.pid] = self._pool()
+        logger.info("started %d workers ahead of the trials", count)
+        return count
+
+    def release_idle(self) -> int:
+        return release_idle_workers()
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         run_dir = Path(handle.run_uri)
@@ -119,27 +153,36 @@ class LocalBackend(Backend):
 
     def _spawn(self, handle: Handle, phase: Phase, extra: list[str]) -> int:
         run_dir = Path(handle.run_uri)
-        standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
-        reuse = float(getattr(self.settings, "reuse_workers_s", None) or 0.0)
-        if phase == "train" and standby > 0:
-            extra = [*extra, "--standby", str(standby), *(["--reuse", str(reuse)] if reuse > 0 else [])]
+        reuse = self._reuse_s()
+        if phase == "train":
+            extra = [*extra, *self._train_options(reuse)]
         out = (run_dir / f"worker-{phase}.out").open("ab")
-        env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
-        threads = getattr(self.settings, "torch_threads", None)
-        if threads:
-            env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
         proc = subprocess.Popen(
             [sys.executable, "-m", "gymflow", "worker", phase, handle.run_uri, *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(), start_new_session=True,
         )
         out.close()
         _processes[proc.pid] = proc
         _serving.pop(proc.pid, None)  # a pid the system reused after an earlier pooled worker
+        _starting.pop(proc.pid, None)
         if "--reuse" in extra:
             _serving[proc.pid] = handle.run_uri
         (run_dir / f"worker-{phase}.pid").write_text(str(proc.pid))  # teardown finds it even without the handle
         logger.info("worker %s started as pid %d", phase, proc.pid)
         return proc.pid
+
+    def _train_options(self, reuse: float) -> list[str]:
+        standby = float(getattr(self.settings, "warm_evaluate_s", 0.0))
+        if standby <= 0:
+            return []
+        return ["--standby", str(standby), *(["--reuse", str(reuse)] if reuse > 0 else [])]
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, PARENT_ENV: str(os.getpid()), "CI": "true", "PYTHONUNBUFFERED": "1"}
+        threads = getattr(self.settings, "torch_threads", None)
+        if threads:
+            env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)})
+        return env
 
     def _claim(self, handle: Handle, marker: str, patience_s: float) -> int | None:
         """The train worker's pid if it waits at `marker` and this call claims it (an atomic rename), else None.
@@ -214,8 +257,15 @@ class LocalBackend(Backend):
 
 
 def release_idle_workers() -> int:
-    """Stop the workers of this process that wait idle for a next trial (a sweep calls this at its end)."""
+    """Stop this process's workers that wait idle for a next trial or are still starting up (a sweep's end)."""
     released = 0
+    for pid in list(_starting):
+        _starting.pop(pid, None)
+        if _alive(pid) and pid in _processes:
+            _signal_group(pid, signal.SIGTERM)
+            _reap(pid, STOP_GRACE_S)
+            _serving.pop(pid, None)
+            released += 1
     for folder in pool.pool_dir(os.getpid(), None).parent.glob(f"{os.getpid()}-t*"):
         for pid in pool.idle_pids(folder):
             if pid in _processes and pool.claim(folder, pid, ""):  # an empty run: it will not start anything

@@ -33,14 +33,15 @@ logger = logging.getLogger(__name__)
 DASK_ADDRESS_ENV = "GYMFLOW_DASK_ADDRESS"
 Runner = Literal["dask", "threads"]
 # Our own cluster's workers only wait on trial flows, while the trainings they follow need every core: Dask's
-# statistical profiler (every 10 ms) and its monitors cost a few % of a core per worker for nothing here.
-QUIET_DASK_WORKERS = {
+# statistical profiler (every 10 ms) and its monitors cost a few % of a core per worker for nothing here. Trials
+# wait on the scheduler until a worker is free (saturation 1.0), never behind another trial on a busy worker.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.scheduler.worker-saturation": 1.0,
     "distributed.worker.profile.enabled": False,
     "distributed.worker.memory.monitor-interval": "2s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.admin.system-monitor.gil.enabled": False,
 }
-PRELOAD = ("flows.trial", "mlflow.tracking")  # imported while the workers start, not by each one's first trial
 REUSE_WORKERS_S = 30.0  # how long a sweep's finished worker waits for the next trial of its Dask worker
 
 
@@ -56,11 +57,19 @@ class SweepResult(BaseModel):
 
 
 @task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{spec.trial_id}")
-def run_trial(spec: Spec, parent_run_id: str | None = None) -> TrialResult:
-    """One trial flow on a Dask worker. Never raises: a failed trial is a result, not a stop."""
+def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bool = False) -> TrialResult:
+    """One trial flow on a Dask worker. Never raises: a failed trial is a result, not a stop.
+
+    A trial flow that runs in the sweep's own process lives exactly as long as the sweep flow, whose heartbeats
+    already say so; it sends none of its own (Prefect stops a flow's heartbeat thread in 1 s sleeps: ~1 s per trial).
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows.trial import trial
 
-    state = trial(spec, parent_run_id=parent_run_id, return_state=True)
+    quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if in_sweep_process else {}
+    with temporary_settings(updates=quiet):
+        state = trial(spec, parent_run_id=parent_run_id, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, TrialResult):
         return result
@@ -104,9 +113,11 @@ def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
     logging.getLogger("distributed").setLevel(logging.WARNING)  # our own cluster's start/stop chatter is not news
     import dask
 
-    dask.config.set(QUIET_DASK_WORKERS)  # the workers get this process's config
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "preload": list(PRELOAD)})
+    dask.config.set(LOCAL_CLUSTER_CONFIG)
+    # in-process workers: a trial's own work (following its worker process, Prefect and MLflow calls) is light, while
+    # worker processes of their own would each import Prefect and MLflow and take a share of the cores from training
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False,
+                                          "dashboard_address": None})
 
 
 def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> str:
@@ -160,32 +171,41 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     sweep_spec = base.sweep
     if sweep_spec is None:  # expand refuses a spec without one
         raise ValueError("expand_input returned a spec without a sweep section")
-    tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
-    trials = [pin_for_workers(t, tracking_uri) for t in expanded]
     varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
     name = base.name
     max_parallel = max_parallel or sweep_spec.max_parallel
-    sid = sweep_id(trials)
     results: dict[str, TrialResult] = {}
     todo = []
-    for trial_spec in trials:
+    for trial_spec in expanded:
         earlier = _finished_earlier(trial_spec)
         if earlier is not None:
             results[trial_spec.trial_id or ""] = earlier
         else:
             todo.append(trial_spec)
     skipped = len(results)
-    log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(trials), skipped, len(todo))
+    log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(expanded), skipped, len(todo))
     address = dask_address or sweep_spec.dask_address or os.environ.get(DASK_ADDRESS_ENV)
     workers = max_parallel or min(len(todo) or 1, os.cpu_count() or 1)
     # on a local cluster every trial trains on this machine: each gets its share of the cores
     threads = None if address else max(1, (os.cpu_count() or 1) // workers)
     todo = [_local_settings(t, threads) for t in todo]
-    with ThreadPoolExecutor(1, thread_name_prefix="gymflow-sweep-run") as background:
-        tracked = background.submit(_tracked, tracking_uri, name, trials, sid)  # while the Dask cluster starts
-        if todo:
-            results.update(_run_all(todo, tracked, _task_runner(runner, address, workers), max_parallel or len(todo)))
-        tracker, parent = tracked.result()
+    in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
+    here = backends.create(todo[0]) if in_process else None
+    with _releasing_idle_workers(here):
+        if here is not None:  # their start-up (torch, SB3) overlaps this process loading MLflow and Dask
+            here.prestart(min(workers, len(todo)))
+        tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
+        trials = [pin_for_workers(t, tracking_uri) for t in expanded]
+        todo = [pin_for_workers(t, tracking_uri) for t in todo]
+        sid = sweep_id(trials)
+        with ThreadPoolExecutor(1, thread_name_prefix="gymflow-sweep-run") as background:
+            tracked = background.submit(_tracked, tracking_uri, name, trials, sid)  # while the Dask cluster starts
+            if todo:
+                # our own cluster and the threads runner have one slot per trial at once: everything is submitted
+                # now, and each slot starts its next trial without a round trip through this loop
+                limit = (max_parallel or len(todo)) if address and runner == "dask" else len(todo)
+                results.update(_run_all(todo, tracked, _task_runner(runner, address, workers), limit, in_process))
+            tracker, parent = tracked.result()
     return _compare(name, trials, varied, results, skipped, tracker, parent)
 
 
@@ -208,27 +228,28 @@ def _local_settings(trial: Spec, threads: int | None) -> Spec:
 
 
 @contextmanager
-def _releasing_idle_workers() -> Iterator[None]:
-    """Workers kept warm by trials that ran in this process (the threads runner) stop with the sweep."""
-    from backends.local import release_idle_workers
-
+def _releasing_idle_workers(backend: backends.Backend | None) -> Iterator[None]:
+    """Workers kept warm for the trials that ran in this process stop with the sweep."""
     try:
         yield
     finally:
-        release_idle_workers()
+        if backend is not None:
+            backend.release_idle()
 
 
-def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int) -> dict[str, TrialResult]:
+def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int,
+             in_process: bool) -> dict[str, TrialResult]:
     """Submit at most `limit` trials at a time, under the sweep's MLflow run; collect every result, whatever happens to each."""
     results: dict[str, TrialResult] = {}
     pending = list(todo)
-    with task_runner, _releasing_idle_workers():
+    with task_runner:
         parent = tracked.result()[1]
         running: dict[Any, Spec] = {}
         while pending or running:
             while pending and len(running) < limit:
                 spec = pending.pop(0)
-                running[task_runner.submit(run_trial, parameters={"spec": spec, "parent_run_id": parent})] = spec
+                params = {"spec": spec, "parent_run_id": parent, "in_sweep_process": in_process}
+                running[task_runner.submit(run_trial, parameters=params)] = spec
             done = next(iter(as_completed(list(running))))
             spec = running.pop(done)
             try:

@@ -211,14 +211,38 @@ def worker_train(
                                               "trial of the same orchestrator (the local backend in sweeps).", min=0)] = 0.0,
 ) -> None:
     """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
+    _setup_logging(logging.INFO)
+    _serve(run_uri, wait, standby, reuse)
+
+
+@worker_app.command("pool", hidden=True)
+def worker_pool(
+    wait: Annotated[float, typer.Option(help="Once handed a trial, wait up to this many seconds to be told to start.", min=0)],
+    standby: Annotated[float, typer.Option(help="As for `worker train`.", min=0)] = 0.0,
+    reuse: Annotated[float, typer.Option(help="Wait up to this many seconds, idle, to be handed a trial; "
+                                              "and as long again after each trial.", min=0)] = 0.0,
+) -> None:
+    """Load torch and SB3, then wait in the pool of the orchestrator that started it to be handed a trial
+    (the local backend starts these ahead of a sweep's first trials)."""
+    from gymflow import worker
+
+    _setup_logging(logging.INFO)
+    worker.watch_parent()
+    _warm_up()
+    from gymflow.runtime.plot import pyplot
+
+    pyplot()  # for the learning curve at the end of its first trial
+    _serve(worker.next_trial(reuse), wait, standby, reuse)
+
+
+def _serve(run: str | None, wait: float, standby: float, reuse: float) -> None:
+    """Train (and, when kept on standby, evaluate) runs until no next trial comes."""
     from gymflow import worker
     from gymflow.storage import open_run
 
-    _setup_logging(logging.INFO)
-    run: str | None = run_uri
     while run is not None:
         store = open_run(run)
-        if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_import_trainer):
+        if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_warm_up):
             return  # never needed: the orchestrator started another worker or gave up
         with _progress_bar(store) as hook:
             state = worker.train(store, hook)
@@ -231,7 +255,10 @@ def worker_train(
         run = worker.next_trial(reuse) if wait > 0 else None  # a pooled worker is claimed like a prestarted one
 
 
-def _import_trainer() -> None:
+def _warm_up() -> None:
+    from gymflow.runtime.algorithms import warm_up
+
+    warm_up()
     import gymflow.runtime.evaluation  # noqa: F401
     import gymflow.runtime.trainer  # noqa: F401
 

@@ -132,6 +132,30 @@ def test_a_finished_worker_is_handed_the_next_trial_of_its_orchestrator_unless_i
     assert workers_gone(third_dir) and workers_gone(first_dir)
 
 
+def test_workers_started_ahead_of_the_trials_are_handed_them_and_the_unused_ones_released(tmp_path: Path,
+                                                                                          mlflow_uri: str) -> None:
+    import backends
+    from backends.local import _starting
+    from gymflow.procs import pid_alive
+
+    spec = _spec(tmp_path, seed=4, backend={"kind": "local", "reuse_workers_s": 60})
+    backend = backends.create(spec)
+    assert backend.prestart(2) == 2
+    prestarted = set(_starting)
+    state = _run(spec)  # its setup waits for a prestarted worker to finish starting rather than start a third
+    assert state.is_completed(), state.message
+    run_dir = Path(spec.storage)
+    pid = int((run_dir / "worker-train.pid").read_text())
+    assert pid in prestarted and len(prestarted) == 2
+    assert "handed the next trial" in (run_dir / "worker-train.out").read_text()
+    assert json.loads((run_dir / "eval.json").read_text())["timesteps"] == 512
+    assert pid_alive(pid)  # back in the pool, next to the one that was never needed
+    assert backend.release_idle() == 2
+    assert not pid_alive(pid) and workers_gone(run_dir)
+    unpooled = backends.create(_spec(tmp_path, seed=5))
+    assert unpooled.prestart(2) == 0  # workers that are not reused are not started ahead either
+
+
 def test_a_waiting_worker_that_was_not_claimed_in_time_gives_up_and_the_phase_starts_a_fresh_one(make_run: Any) -> None:
     import backends
     from gymflow import config

@@ -31,6 +31,14 @@ class LinearSchedule:
 THREADS_ENV = "GYMFLOW_TORCH_THREADS"
 
 
+def warm_up() -> None:
+    """Load what building a first model would load lazily: a torch optimizer's first parameter group
+    imports torch._dynamo (~1.5 s here), once per process."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 def resolve_device(requested: str) -> str:
     """'auto' -> 'cuda' when a GPU is present, else 'cpu'. Applies the torch thread limit the backend set."""
     import torch

@@ -12,7 +12,7 @@ from gymflow.storage import RunStore
 logger = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 10_000
-MAX_EVAL_ENVS = 8
+MAX_EVAL_ENVS = 16
 
 
 def eval_env(spec: Spec, stats_path: str | None = None, seed_offset: int = EVAL_SEED_OFFSET) -> Any:
