@@ -18,7 +18,7 @@ from prefect.states import Failed
 from pydantic import BaseModel
 
 import backends
-from flows import events
+from flows import events, returned
 from gymflow import compare, config
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
@@ -70,7 +70,7 @@ def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bo
     quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if in_sweep_process else {}
     with temporary_settings(updates=quiet):
         state = trial(spec, parent_run_id=parent_run_id, return_state=True)
-    result = state.result(raise_on_failure=False)
+    result = returned.result_of(state)
     if isinstance(result, TrialResult):
         return result
     outcome = "cancelled" if state.is_cancelled() else "failed"
@@ -284,8 +284,8 @@ def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str
     create_table_artifact(compare.table(rows), key=f"sweep-{_slug(name)}", description=f"trials of sweep {name}")
     best = configs[0].config if configs else None
     create_markdown_artifact(_summary_markdown(name, configs, rows, failed), description=f"sweep {name}")
-    return SweepResult(name=name, rows=rows, configs=configs, best=best, failed=failed, skipped=skipped,
-                       mlflow_parent_run_id=parent, plot=str(plot))
+    return returned.keep(SweepResult(name=name, rows=rows, configs=configs, best=best, failed=failed, skipped=skipped,
+                                     mlflow_parent_run_id=parent, plot=str(plot)))
 
 
 def _slug(text: str) -> str:

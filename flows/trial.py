@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.states import Cancelled, Failed
 
 import backends
-from flows import events
+from flows import events, returned
 from gymflow import config
 from gymflow.errors import UserError
 from gymflow.spec import Spec
@@ -84,7 +84,7 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     if result is None:
         return Cancelled(message=f"trial {spec.trial_id} cancelled; worker stopped and teardown done")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
-    return result
+    return returned.keep(result)
 
 
 def _teardown(backend: Any, handle: Any) -> None:

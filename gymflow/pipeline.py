@@ -38,10 +38,11 @@ def run_trial(spec: Spec, console: Console) -> Any:
     console.print(f"trial [bold]{spec.trial_id}[/bold] → {spec.storage}", highlight=False)
     settings = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(updates=settings):
+        from flows.returned import result_of
         from flows.trial import trial
 
         state = trial(spec, return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = result_of(state)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     url = ui_url(api_url, flow_run_id)
     if url:
@@ -82,11 +83,12 @@ def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides:
 
     api_url = server.ensure_api() or server.start().api_url
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        from flows.returned import result_of
         from flows.sweep import sweep
 
         params: dict[str, Any] = {"spec_file": source} if isinstance(source, str) else {"spec": source}
         state = sweep(**params, overrides=overrides, globals_files=globals_files, return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = result_of(state)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     url = ui_url(api_url, flow_run_id)
     if url:

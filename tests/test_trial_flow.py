@@ -46,6 +46,21 @@ def _run(spec: Spec) -> Any:
     return trial(spec, return_state=True)
 
 
+def _server_copy_of_the_final_state_still_gives_the_result(state: Any, result: Any) -> None:
+    """As when the API call that set the final state timed out and its retry returned the server's copy."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import MissingResult
+
+    from flows.returned import result_of
+
+    with get_client(sync_client=True) as client:
+        server_copy = client.read_flow_run(state.state_details.flow_run_id).state
+    assert server_copy.is_completed() and server_copy.data is None
+    assert result_of(server_copy) == result
+    with pytest.raises(MissingResult):  # handed over once, not kept for ever
+        result_of(server_copy)
+
+
 def _teardowns(run_dir: Path) -> int:
     path = run_dir / "teardown.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -60,6 +75,7 @@ def test_trial_runs_six_phases_and_tracks_everything_in_mlflow(tmp_path: Path, m
     assert state.is_completed(), state.message
     result = state.result()
     assert result.outcome == "completed" and result.timesteps == 512 and result.mean_reward is not None
+    _server_copy_of_the_final_state_still_gives_the_result(state, result)
     assert {name: states for name, states in _task_runs(state.state_details.flow_run_id).items()} == {
         name: ["COMPLETED"] for name in PHASES}
 
