@@ -130,7 +130,8 @@ class Backend(ABC):
     # -- many trials from one process (sweeps) ---------------------------------------
     def prestart(self, count: int) -> int:
         """Start up to `count` workers ahead of the trials that this process will run, so that their start-up
-        overlaps the orchestrator's own; returns how many were started. Default: none."""
+        overlaps the orchestrator's own (counting those started ahead earlier and not handed a trial yet);
+        returns how many it started now. Default: none."""
         return 0
 
     def release_idle(self) -> int:

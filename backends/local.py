@@ -117,10 +117,13 @@ class LocalBackend(Backend):
         return float(getattr(self.settings, "reuse_workers_s", None) or 0.0)
 
     def prestart(self, count: int) -> int:
-        """Start `count` workers that load torch and SB3 and wait in this process's pool (when workers are reused)."""
+        """Have `count` workers that load torch and SB3 and wait in this process's pool (when workers are reused):
+        those started ahead earlier and not yet handed a trial count."""
         reuse = self._reuse_s()
         if reuse <= 0:
             return 0
+        folder = self._pool()
+        count -= sum(1 for pid, where in list(_starting.items()) if where == folder and _alive(pid))  # started earlier
         for _ in range(count):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gymflow", "worker", "pool", *self._train_options(reuse), "--wait", str(PRESTART_WAIT_S)],
@@ -129,9 +132,10 @@ class LocalBackend(Backend):
             )  # its output goes to the run dir of the trial it is handed
             _processes[proc.pid] = proc
             _serving[proc.pid] = ""
-            _starting[proc.pid] = self._pool()
-        logger.info("started %d workers ahead of the trials", count)
-        return count
+            _starting[proc.pid] = folder
+        if count > 0:
+            logger.info("started %d workers ahead of the trials", count)
+        return max(count, 0)
 
     def release_idle(self) -> int:
         return release_idle_workers()

@@ -21,16 +21,14 @@ import backends
 from flows import events, returned
 from gymflow import compare, config
 from gymflow.errors import MissingExtraError, UserError
-from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
-from gymflow.spec import LocalBackendSpec, Spec
-from gymflow.storage import open_run
-from gymflow.sweep import expand_input, pin_for_workers
+from gymflow.spec import Spec
+from gymflow.sweep import expand_input, finished_report, for_local_slots, pin_for_workers, slots
+from gymflow.sweep import dask_address as resolve_address
 from gymflow.tracking import Tracker, absolute_uri
 from tasks.context import TrialResult, prefect_logger
 
 logger = logging.getLogger(__name__)
 
-DASK_ADDRESS_ENV = "GYMFLOW_DASK_ADDRESS"
 Runner = Literal["dask", "threads"]
 # Our own cluster's workers only wait on trial flows, while the trainings they follow need every core: Dask's
 # statistical profiler (every 10 ms) and its monitors cost a few % of a core per worker for nothing here. Trials
@@ -42,7 +40,6 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.admin.system-monitor.gil.enabled": False,
 }
-REUSE_WORKERS_S = 30.0  # how long a sweep's finished worker waits for the next trial of its Dask worker
 
 
 class SweepResult(BaseModel):
@@ -84,15 +81,8 @@ def sweep_id(trials: list[Spec]) -> str:
 
 def _finished_earlier(spec: Spec) -> TrialResult | None:
     """The result of a trial whose run dir holds a completed evaluation."""
-    try:
-        store = open_run(spec.storage)
-        if not store.exists(EVAL_FILE):
-            return None
-        status = Status.model_validate(store.read_json(STATUS_FILE))
-        report = EvalReport.model_validate(store.read_json(EVAL_FILE))
-    except Exception:  # noqa: BLE001 - anything unreadable is simply run again
-        return None
-    if status.state != "completed" or status.phase != "evaluate":
+    report = finished_report(spec)
+    if report is None:
         return None
     return TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed",
                        mean_reward=report.mean_reward, std_reward=report.std_reward, timesteps=report.timesteps,
@@ -184,16 +174,14 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
             todo.append(trial_spec)
     skipped = len(results)
     log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(expanded), skipped, len(todo))
-    address = dask_address or sweep_spec.dask_address or os.environ.get(DASK_ADDRESS_ENV)
-    workers = max_parallel or min(len(todo) or 1, os.cpu_count() or 1)
-    # on a local cluster every trial trains on this machine: each gets its share of the cores
-    threads = None if address else max(1, (os.cpu_count() or 1) // workers)
-    todo = [_local_settings(t, threads) for t in todo]
+    address = resolve_address(sweep_spec, dask_address)
+    workers = slots(len(todo), max_parallel)
+    todo = for_local_slots(todo, workers, remote=bool(address))
     in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
     here = backends.create(todo[0]) if in_process else None
     with _releasing_idle_workers(here):
         if here is not None:  # their start-up (torch, SB3) overlaps this process loading MLflow and Dask
-            here.prestart(min(workers, len(todo)))
+            here.prestart(min(workers, len(todo)))  # `gymflow sweep` started them already: none more
         tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
         trials = [pin_for_workers(t, tracking_uri) for t in expanded]
         todo = [pin_for_workers(t, tracking_uri) for t in todo]
@@ -212,19 +200,6 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
 def _tracked(tracking_uri: str, name: str, trials: list[Spec], sid: str) -> tuple[Tracker, str]:
     tracker = Tracker(tracking_uri)
     return tracker, _parent_run(tracker, name, trials, sid)
-
-
-def _local_settings(trial: Spec, threads: int | None) -> Spec:
-    """A local trial's worker settings for a sweep, where the user left them unset: limited to its share of the
-    cores (two trainings with all cores each ran ~6x slower), and kept warm for the next trial of its Dask worker."""
-    if not isinstance(trial.backend, LocalBackendSpec):
-        return trial
-    update: dict[str, Any] = {}
-    if threads is not None and trial.backend.torch_threads is None:
-        update["torch_threads"] = threads
-    if trial.backend.reuse_workers_s is None:
-        update["reuse_workers_s"] = REUSE_WORKERS_S
-    return trial.model_copy(update={"backend": trial.backend.model_copy(update=update)}) if update else trial
 
 
 @contextmanager

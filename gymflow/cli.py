@@ -99,7 +99,12 @@ def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> No
     for trial in trials[:1]:
         pipeline.check_backend(trial)
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
-    state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
+    ahead = pipeline.start_workers_ahead(base, trials)
+    try:
+        state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
+    finally:
+        if ahead is not None:  # the sweep stops them itself; not when it could not start
+            ahead.release_idle()
     if not state.is_completed():
         err.print(f"[bold red]sweep failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
         raise typer.Exit(1)

@@ -74,6 +74,21 @@ def exit_code(state: Any) -> int:
     return 130 if state.is_cancelled() else 1
 
 
+def start_workers_ahead(base: Spec, trials: list[Spec]) -> Any:
+    """`gymflow sweep` on a local cluster: the first training processes start now, so their start-up (torch, SB3)
+    overlaps this process loading Prefect, MLflow and Dask; the sweep flow finds and uses them. Returns the backend
+    that keeps them (its `release_idle()` stops what no trial took), or None when the trials run elsewhere."""
+    import backends
+    from gymflow import sweep as sweeps
+
+    todo = [t for t in trials if sweeps.finished_report(t) is None]
+    if base.sweep is None or not todo or sweeps.dask_address(base.sweep):
+        return None
+    workers = sweeps.slots(len(todo), base.sweep.max_parallel)
+    backend = backends.create(sweeps.for_local_slots(todo[:1], workers, remote=False)[0])
+    return backend if backend.prestart(min(workers, len(todo))) else None
+
+
 def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides: list[str], console: Console) -> Any:
     """Run the sweep flow (it expands the spec itself, as a deployment's run does) against a real Prefect server,
     never the per-process temporary one: Dask workers must all report to one server."""

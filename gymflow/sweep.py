@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 from difflib import get_close_matches
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +21,13 @@ from pydantic import BaseModel
 
 from gymflow import config
 from gymflow.errors import Problem, SpecError
-from gymflow.spec import Distribution, Spec, SweepSpec
+from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
+from gymflow.spec import Distribution, LocalBackendSpec, Spec, SweepSpec
 
 logger = logging.getLogger(__name__)
+
+DASK_ADDRESS_ENV = "GYMFLOW_DASK_ADDRESS"
+REUSE_WORKERS_S = 30.0  # how long a sweep's finished worker waits for the next trial of its Dask worker
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -157,4 +162,48 @@ def varied_values(spec: Spec, paths: list[str]) -> dict[str, Any]:
         for part in path.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         out[path] = node
+    return out
+
+
+def dask_address(sweep: SweepSpec, given: str | None = None) -> str | None:
+    """The Dask scheduler to use: the flow's argument, the spec's, the environment's; None for a local cluster."""
+    return given or sweep.dask_address or os.environ.get(DASK_ADDRESS_ENV) or None
+
+
+def finished_report(spec: Spec) -> EvalReport | None:
+    """The evaluation of a trial whose run dir holds a completed one; None when it has to run (again)."""
+    from gymflow.storage import open_run
+
+    try:
+        store = open_run(spec.storage)
+        if not store.exists(EVAL_FILE):
+            return None
+        status = Status.model_validate(store.read_json(STATUS_FILE))
+        report = EvalReport.model_validate(store.read_json(EVAL_FILE))
+    except Exception:  # noqa: BLE001 - anything unreadable is simply run again
+        return None
+    return report if status.state == "completed" and status.phase == "evaluate" else None
+
+
+def slots(pending: int, max_parallel: int | None) -> int:
+    """Trials running at once: as asked, else one per CPU core (and no more than there are trials)."""
+    return max_parallel or min(pending or 1, os.cpu_count() or 1)
+
+
+def for_local_slots(todo: list[Spec], workers: int, remote: bool) -> list[Spec]:
+    """Local trials' worker settings for a sweep, where the user left them unset: on a local cluster every trial
+    trains on this machine and gets its share of the cores (two trainings with all cores each ran ~6x slower),
+    and a finished worker is kept warm for the next trial of its Dask worker."""
+    threads = None if remote else max(1, (os.cpu_count() or 1) // workers)
+    out = []
+    for trial in todo:
+        if not isinstance(trial.backend, LocalBackendSpec):
+            out.append(trial)
+            continue
+        update: dict[str, Any] = {}
+        if threads is not None and trial.backend.torch_threads is None:
+            update["torch_threads"] = threads
+        if trial.backend.reuse_workers_s is None:
+            update["reuse_workers_s"] = REUSE_WORKERS_S
+        out.append(trial.model_copy(update={"backend": trial.backend.model_copy(update=update)}) if update else trial)
     return out

@@ -104,6 +104,31 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
     assert threads == {max(1, (os.cpu_count() or 1) // 2)}
 
 
+def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_flow_adds_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.local import _starting
+    from gymflow import pipeline
+    from gymflow.procs import pid_alive
+    from gymflow.sweep import DASK_ADDRESS_ENV, for_local_slots
+
+    base, trials = expand(_sweep_spec(tmp_path, {"seeds": [0, 1, 2], "max_parallel": 2}, **SMALL))
+    ahead = pipeline.start_workers_ahead(base, trials)
+    try:
+        started = dict(_starting)
+        assert ahead is not None and len(started) == 2
+        # the sweep flow asks the same backend settings for its slots: the two already starting count
+        import backends
+
+        assert backends.create(for_local_slots(trials[:1], 2, remote=False)[0]).prestart(2) == 0
+        assert dict(_starting) == started
+    finally:
+        released = ahead.release_idle() if ahead is not None else 0
+    assert released == 2 and not any(pid_alive(pid) for pid in started)
+    # trials that run on an existing cluster are not started here
+    monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://127.0.0.1:1")
+    assert pipeline.start_workers_ahead(base, trials) is None
+
+
 def test_the_worker_applies_the_torch_thread_limit_its_backend_sets() -> None:
     probe = ("import torch; from gymflow.runtime.algorithms import resolve_device; resolve_device('cpu'); "
              "print(torch.get_num_threads())")
