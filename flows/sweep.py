@@ -181,7 +181,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     here = backends.create(todo[0]) if in_process else None
     with _releasing_idle_workers(here):
         if here is not None:  # their start-up (torch, SB3) overlaps this process loading MLflow and Dask
-            here.prestart(min(workers, len(todo)))  # `gymflow sweep` started them already: none more
+            here.prestart(min(workers, len(todo)))  # those `gymflow sweep` started already count
         tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
         trials = [pin_for_workers(t, tracking_uri) for t in expanded]
         todo = [pin_for_workers(t, tracking_uri) for t in todo]

@@ -106,6 +106,7 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
 
 def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_flow_adds_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import backends
     from backends.local import _starting
     from gymflow import pipeline
     from gymflow.procs import pid_alive
@@ -117,8 +118,6 @@ def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_f
         started = dict(_starting)
         assert ahead is not None and len(started) == 2
         # the sweep flow asks the same backend settings for its slots: the two already starting count
-        import backends
-
         assert backends.create(for_local_slots(trials[:1], 2, remote=False)[0]).prestart(2) == 0
         assert dict(_starting) == started
     finally:
