@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -76,12 +77,25 @@ class Tracker:
 
         return mlflow.get_tracking_uri()
 
+    def artifact_root(self, experiment: str) -> str | None:
+        """Where a new experiment keeps its artifacts: beside a SQLite store's database file.
+
+        MLflow's own default is ./mlruns of whatever folder the creating process runs in, so a
+        store given as sqlite:////data/mlflow.db would scatter its artifacts over working folders.
+        Here they go to /data/mlruns/<experiment name>; other stores keep their server's default.
+        """
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        database = Path(self.uri.removeprefix("sqlite:///").split("?", 1)[0])
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment).strip(".") or "experiment"
+        return (database.resolve().parent / "mlruns" / folder).as_uri()
+
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=self.artifact_root(name))
         except Exception:  # noqa: BLE001 - created concurrently by another trial
             found = self.client.get_experiment_by_name(name)
             if found is None:

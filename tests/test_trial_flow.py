@@ -92,6 +92,9 @@ def test_trial_runs_six_phases_and_tracks_everything_in_mlflow(tmp_path: Path, m
     assert tags["version.stable-baselines3"] and tags["version.torch"] and tags["version.gymnasium"] and tags["version.gymflow"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"model.zip", "vecnormalize.pkl", "spec.json", "eval.json", "learning_curve.png", "worker.log"}
+    stored = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "mlruns" / spec.experiment  # beside the store
+    assert client.get_experiment(run.info.experiment_id).artifact_location == stored.as_uri()
+    assert (stored / run.info.run_id / "artifacts" / "model.zip").is_file()
 
 
 @pytest.mark.usefixtures("prefect_server")
