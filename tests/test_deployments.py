@@ -149,7 +149,7 @@ def test_a_failed_trial_and_a_completed_sweep_each_send_one_alert(stack: Stack, 
     url, received = webhook
     applied = stack.gymflow("alerts", "apply", "--webhook", url)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("automation gymflow:") == 4
+    assert applied.stdout.count("automation gymflow:") == 3
 
     failing = base_spec(name="exploding", env={"id": "sim_envs:ExplodingEnv", "kwargs": {"fail_after": 300}, "n_envs": 1},
                         storage=str(tmp_path / "runs" / "${trial_id}"), tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
@@ -217,7 +217,7 @@ def _flow_run_pid(flow_run_id: str) -> int | None:
 def _wait_for_training(runs: Path, timeout: float = 120) -> None:
     """Until a trial's worker has written its first training metrics."""
     deadline = time.monotonic() + timeout
-    while not list(runs.glob("*/metrics/train.jsonl")):
+    while not any(path.stat().st_size for path in runs.glob("*/metrics/train.jsonl")):
         assert time.monotonic() < deadline, f"no training metrics under {runs} after {timeout:.0f} s"
         time.sleep(0.5)
 
@@ -250,48 +250,3 @@ def test_a_crashed_trial_sends_one_alert_and_leaves_no_worker_running(stack: Sta
     while not workers_gone(run_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert workers_gone(run_dir), "the training worker outlived its orchestrator"
-
-
-
-def test_a_run_whose_process_vanished_is_marked_crashed_once_its_heartbeats_stop(stack: Stack, tmp_path: Path,
-                                                                                   webhook: tuple[str, list[dict[str, Any]]]) -> None:
-    """`gymflow run` killed outright, with no Prefect worker to notice: the heartbeat automation marks it Crashed."""
-    import sys
-
-    from gymflow.alerts import default_file
-
-    url, received = webhook
-    automations = yaml.safe_load(default_file().read_text())
-    (unresponsive,) = [a for a in automations["automations"] if a["trigger"]["posture"] == "Proactive"]
-    assert unresponsive["trigger"]["within"] >= 3 * 180  # three of Prefect's default heartbeat intervals
-    unresponsive["trigger"]["within"] = 50  # this run sends a heartbeat every 30 s, Prefect's shortest
-    quick = tmp_path / "automations.yaml"
-    quick.write_text(yaml.safe_dump(automations))
-    spec = base_spec(name="vanishing", budget={"timesteps": 1_000_000}, storage=str(tmp_path / "runs" / "${trial_id}"),
-                     tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
-    spec_file = tmp_path / "vanishing.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    try:
-        assert stack.gymflow("alerts", "apply", "--file", str(quick), "--webhook", url).returncode == 0
-        run = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(spec_file)], cwd=tmp_path,
-                               env={**stack.env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_training(tmp_path / "runs")
-        run.kill()  # no flow code runs after this, and no worker process watches it
-        run.wait()
-        killed = time.monotonic()
-        (run_dir,) = (tmp_path / "runs").iterdir()
-        (flow_run,) = _api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"like_": "vanishing-"}}})
-        assert flow_run["state_type"] == "RUNNING"  # what the UI shows until the heartbeats are missed
-
-        _wait_for(received, 1, timeout=150)
-        assert len(received) == 1, received
-        assert time.monotonic() - killed > 10  # the window after the last heartbeat, not at once
-        alert = received[0]
-        assert alert["subject"] == f"gymflow: trial {flow_run['name']} crashed"
-        assert "outcome: crashed" in alert["body"] and "no heartbeat from the process running this flow" in alert["body"]
-        state = _api(stack, "GET", f"/flow_runs/{flow_run['id']}")["state"]
-        assert state["type"] == "CRASHED" and "presumed gone" in state["message"]
-        assert workers_gone(run_dir), "the training worker outlived the killed `gymflow run`"
-    finally:
-        stack.gymflow("alerts", "remove", "--file", str(quick))  # this test's short window must not outlive it
