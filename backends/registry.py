@@ -91,3 +91,12 @@ def create(spec: Spec) -> Backend:
     if problems:
         raise SpecError(problems)
     return backend
+
+
+def problems(spec: Spec) -> list[Problem]:
+    """Why the spec's backend cannot run it ([] when it can): the backend check that preflight.check is handed."""
+    try:
+        create(spec)
+    except SpecError as exc:
+        return exc.problems
+    return []

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 import backends
 from flows import events, returned
-from gymflow import compare, config
+from gymflow import compare, config, preflight
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.spec import Spec
-from gymflow.sweep import expand_input, finished_report, for_local_slots, pin_for_workers, slots
+from gymflow.sweep import finished_report, for_local_slots, pin_for_workers, slots
 from gymflow.sweep import dask_address as resolve_address
 from gymflow.tracking import Tracker, absolute_uri
 from tasks.context import TrialResult, prefect_logger
@@ -153,14 +153,15 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     """
     log = prefect_logger()
     try:  # every problem of the spec, before anything runs; a user error, so no traceback
-        base, expanded = expand_input(spec, spec_file, overrides or (), globals_files or ())
-        backends.create(expanded[0])
+        plan = preflight.check(config.input_source(spec, spec_file, keep_trial_id=False), globals_files or (),
+                               overrides or (), sweep=True, backend_check=backends.problems)
+        base, expanded = plan.base, plan.trials
     except UserError as exc:
         log.error("%s", exc)
         return Failed(message=str(exc))  # type: ignore[return-value]
     sweep_spec = base.sweep
     if sweep_spec is None:  # expand refuses a spec without one
-        raise ValueError("expand_input returned a spec without a sweep section")
+        raise ValueError("preflight.check(sweep=True) returned a spec without a sweep section")
     varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
     name = base.name
     max_parallel = max_parallel or sweep_spec.max_parallel

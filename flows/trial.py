@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from prefect.states import Cancelled, Failed
 
 import backends
 from flows import events, returned
-from gymflow import config
+from gymflow import config, preflight
 from gymflow.errors import UserError
 from gymflow.spec import Spec
 from tasks import phases
@@ -58,7 +59,7 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     """
     log = prefect_logger()
     try:  # a bad spec or backend config fails here, before anything is provisioned, and is never retried
-        spec = config.resolve_input(spec, spec_file, overrides or (), globals_files or ())
+        spec = _checked(spec, spec_file, overrides or (), globals_files or ())
         backend = backends.create(spec)
     except UserError as exc:
         log.error("%s", exc)
@@ -85,6 +86,15 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         return Cancelled(message=f"trial {spec.trial_id} cancelled; worker stopped and teardown done")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
     return returned.keep(result)
+
+
+def _checked(spec: Spec | None, spec_file: str | None, overrides: Sequence[str], globals_files: Sequence[str]) -> Spec:
+    """The flow's inputs as one checked trial. A resolved spec with nothing on top (from `gymflow run` or the sweep
+    flow, which checked it) is used as it is; anything else gets every check `gymflow validate` makes."""
+    if isinstance(spec, Spec) and spec.trial_id and not overrides and not globals_files:
+        return spec
+    source = config.input_source(spec, spec_file, keep_trial_id=not (overrides or globals_files))
+    return preflight.check(source, globals_files, overrides, backend_check=backends.problems).base
 
 
 def _teardown(backend: Any, handle: Any) -> None:

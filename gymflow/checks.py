@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gymflow import algorithms
+from pydantic import BaseModel, ValidationError
+
+from gymflow import algorithms, hyperparams
 from gymflow.errors import Problem
 from gymflow.spec import ENTRY_POINT_RE, AlgorithmSpec, EnvSpec
 
 logger = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=BaseModel)
 
 # Constructor arguments gymflow sets itself, and the zoo keys it understands on top.
 _RESERVED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model", "supported_action_spaces"}
@@ -115,6 +118,75 @@ def algo_facts(name: str) -> AlgoFacts:
 def valid_hyperparams(name: str) -> frozenset[str]:
     """Constructor arguments of an algorithm that a spec may set."""
     return algo_facts(name).hyperparams
+
+
+def _salvage(model: type[_M], raw: Any) -> _M | None:
+    """The section validated without the fields that are wrong by themselves, so the checks that need
+    imports still run on the rest: a misspelt key next to a misspelt env id reports both at once."""
+    if not isinstance(raw, dict):
+        return None
+    data = dict(raw)
+    for _ in range(3):
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        bad = {str(e["loc"][0]) for e in errors if e["loc"]}
+        keys = {str((e.get("ctx") or {}).get("key")) for e in errors if e["type"] == "hyperparam"}
+        if keys and isinstance(data.get("hyperparams"), dict):
+            data["hyperparams"] = {k: v for k, v in data["hyperparams"].items() if k not in keys}
+        if not bad and not keys:
+            return None
+        data = {k: v for k, v in data.items() if k not in bad}
+    return None
+
+
+def hyperparam_problems(raw_algo: Any) -> list[Problem]:
+    """Every hyperparameter value that cannot be understood (the model reports only the first)."""
+    if not isinstance(raw_algo, dict) or not isinstance(raw_algo.get("hyperparams"), dict):
+        return []
+    name = algorithms.canonical_name(str(raw_algo.get("name", "")))
+    if name is None:
+        return []
+    _, errors = hyperparams.parse_hyperparams(raw_algo["hyperparams"], algorithms.get(name).schedule_keys)
+    return [Problem(f"algorithm.hyperparams.{key}", message) for key, message in errors.items()]
+
+
+def deep_checks(data: dict[str, Any]) -> list[Problem]:
+    """Checks against installed libraries on every section, as far as it is valid by itself (each distinct
+    env and algorithm once per process: a sweep's trials mostly share them)."""
+    key = json.dumps([data.get("env"), data.get("algorithm")], sort_keys=True, default=repr)
+    if key not in _DEEP_MEMO:
+        if len(_DEEP_MEMO) > 256:
+            _DEEP_MEMO.clear()
+        _DEEP_MEMO[key] = _deep_checks(data)
+    return list(_DEEP_MEMO[key])
+
+
+_DEEP_MEMO: dict[str, list[Problem]] = {}
+
+
+def sections(data: dict[str, Any]) -> tuple[EnvSpec | None, AlgorithmSpec | None]:
+    """The env and algorithm sections of a raw spec, each as far as it is valid by itself."""
+    from gymflow.spec import Spec
+
+    try:
+        data = Spec._lift_zoo_keys(data)  # type: ignore[operator]
+    except ValueError:
+        pass
+    return _salvage(EnvSpec, data.get("env")), _salvage(AlgorithmSpec, data.get("algorithm"))
+
+
+def _deep_checks(data: dict[str, Any]) -> list[Problem]:
+    env, algo = sections(data)
+    problems = hyperparam_problems(data.get("algorithm"))
+    if env is not None:
+        problems += check_env(env)
+    if algo is not None:
+        problems += check_algorithm(algo)
+    if env is not None and algo is not None and not problems:
+        problems += check_spaces(env, algo)
+    return problems
 
 
 def check_env(env: EnvSpec) -> list[Problem]:

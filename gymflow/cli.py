@@ -37,13 +37,12 @@ def _setup_logging(level: int = logging.WARNING) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
 
 
-def _resolve(spec: Path, globals_: list[Path] | None, sets: list[str] | None) -> Any:
-    """The resolved spec, checked against its backend too: every user error exits 2 here."""
-    from gymflow import config, pipeline
+def _plan(spec: Path, globals_: list[Path] | None, sets: list[str] | None, sweep: bool | None = None) -> Any:
+    """Everything run and sweep need, checked at once before anything exists (gymflow.preflight): exit 2 here."""
+    import backends
+    from gymflow import preflight
 
-    resolved = config.resolve(spec, globals_ or [], sets or [])
-    pipeline.check_backend(resolved)
-    return resolved
+    return preflight.check(spec, globals_ or [], sets or [], sweep=sweep, backend_check=backends.problems)
 
 
 @app.command()
@@ -73,10 +72,12 @@ def validate(
 
     import yaml
 
-    resolved = _resolve(spec, globals_, set_)
+    plan = _plan(spec, globals_, set_)
+    resolved = plan.base
     data = resolved.model_dump(mode="json")
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False))
-    err.print(f"[green]ok[/green]: {spec} is valid (trial {resolved.trial_id})")
+    what = f"a sweep of {len(plan.trials)} trials, each checked" if resolved.sweep else f"trial {resolved.trial_id}"
+    err.print(f"[green]ok[/green]: {spec} is valid ({what})", highlight=False)
 
 
 @app.command()
@@ -84,7 +85,7 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
     """Run one trial through provision, setup, train, evaluate, store and teardown (a Prefect flow)."""
     from gymflow import pipeline
 
-    resolved = _resolve(spec, globals_, set_)
+    resolved = _plan(spec, globals_, set_).base
     result = pipeline.run_trial(resolved, err)
     raise typer.Exit(pipeline.exit_code(result))
 
@@ -93,11 +94,9 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
 def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
     """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
     from gymflow import pipeline
-    from gymflow.sweep import expand
 
-    base, trials = expand(spec, globals_ or [], set_ or [])  # every problem, exit 2, before anything runs
-    for trial in trials[:1]:
-        pipeline.check_backend(trial)
+    plan = _plan(spec, globals_, set_, sweep=True)  # every problem, exit 2, before anything runs
+    base, trials = plan.base, plan.trials
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
     ahead = pipeline.start_workers_ahead(base, trials)
     try:

@@ -10,47 +10,29 @@ import copy
 import datetime as _dt
 import hashlib
 import json
-import re
-from collections.abc import Iterable, Sequence
-from difflib import get_close_matches
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from gymflow import checks, yamlio
 from gymflow.errors import Problem, SpecError
 from gymflow.problems import problems_from
 from gymflow.spec import Spec
+from gymflow.variables import VAR_RE, WELL_KNOWN, substitute
 
-VAR_RE = re.compile(r"\$\{([^}]*)\}")
-WELL_KNOWN = ("experiment", "trial_id", "seed", "date")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as 1e5 and 3e-4 as numbers."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+__all__ = ["VAR_RE", "WELL_KNOWN", "substitute"]
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; a syntax error becomes a SpecError naming the line."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
+    """Parse bounded YAML text (gymflow.yamlio); any problem becomes a SpecError naming the line."""
+    return yamlio.parse(text, source)
 
 
 def _read_text(path: str | Path, what: str) -> str:
-    """A local file, a file:// URI, or a file in a storage location (gs://, az://)."""
+    """A local file, a file:// URI, or a file in a storage location (gs://, az://): UTF-8, size-bounded."""
     from gymflow.storage import local_path, open_run
 
     text = str(path)
@@ -60,16 +42,27 @@ def _read_text(path: str | Path, what: str) -> str:
         store = open_run(folder)
         if not store.exists(name):
             raise SpecError([Problem("", f"{what} file not found: {text}. Check the URI.")])
-        return store.read_text(name)
+        return yamlio.decode(store.read_bytes(name), text)
+    if file.is_dir():
+        raise SpecError([Problem("", f"{what} file {file} is a folder; give the YAML file in it")])
     if not file.is_file():
         raise SpecError([Problem("", f"{what} file not found: {file}. Check the path.")])
-    return file.read_text(encoding="utf-8")
+    try:
+        yamlio.check_size(file.stat().st_size, text)  # refused before it is read
+        return yamlio.decode(file.read_bytes(), text)
+    except OSError as exc:
+        raise SpecError([Problem("", f"cannot read the {what} file {file}: {exc.strerror or exc}")]) from None
 
 
 def load_mapping(path: str | Path, what: str = "spec") -> dict[str, Any]:
-    """Read a YAML file (a path or URI) that must hold a mapping."""
+    """Read a YAML file (a path or URI) that must hold a mapping; an empty globals file is an empty mapping."""
     file = str(path)
-    data = parse_yaml(_read_text(path, what), file)
+    text = _read_text(path, what)
+    data = parse_yaml(text, file)
+    if data is None and what == "spec":
+        empty = "is empty" if not text.strip() else "holds only comments"
+        raise SpecError([Problem("", f"the file {empty}. A spec needs at least name, env, algorithm and budget; "
+                                     "`gymflow init --algo ppo --env CartPole-v1` writes a complete one")], file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -122,59 +115,6 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
     return out
 
 
-def _lookup(variables: dict[str, Any], name: str) -> tuple[bool, Any]:
-    node: Any = variables
-    for part in name.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False, None
-    return True, node
-
-
-def substitute(data: Any, variables: dict[str, Any], keep: Iterable[str] = (), path: str = "") -> tuple[Any, list[Problem]]:
-    """Replace ${name} in every string; '$${' escapes. Unknown names are problems."""
-    keep = tuple(keep)
-    problems: list[Problem] = []
-
-    def walk(node: Any, where: str) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v, f"{where}.{i}") for i, v in enumerate(node)]
-        if not isinstance(node, str) or "${" not in node:
-            return node
-        return _substitute_string(node, where, variables, keep, problems)
-
-    return walk(data, path), problems
-
-
-def _substitute_string(text: str, where: str, variables: dict[str, Any], keep: tuple[str, ...], problems: list[Problem]) -> Any:
-    whole = VAR_RE.fullmatch(text)
-    if whole and whole.group(1) not in keep:
-        found, value = _lookup(variables, whole.group(1))
-        if found:
-            return value  # a lone ${x} keeps the variable's type
-
-    def replace(match: re.Match[str]) -> str:
-        start = match.start()
-        if start > 0 and text[start - 1] == "$":
-            return match.group(0)
-        name = match.group(1)
-        if name in keep:
-            return match.group(0)
-        found, value = _lookup(variables, name)
-        if not found:
-            known = sorted(set(variables) | set(WELL_KNOWN))
-            close = get_close_matches(name, known, n=1)
-            hint = f" Did you mean ${{{close[0]}}}?" if close else ""
-            problems.append(Problem(where, f"unknown variable ${{{name}}}.{hint} Define it in a --globals file; known: {', '.join(known)}"))
-            return match.group(0)
-        return str(value)
-
-    return VAR_RE.sub(replace, text).replace("$${", "${")
-
-
 def trial_id_for(spec: Spec) -> str:
     """A short, stable id derived from what the trial computes (not where it runs or is stored)."""
     content = spec.model_dump(mode="json", exclude={"storage", "trial_id", "backend", "tracking", "description", "sweep"})
@@ -186,71 +126,87 @@ def trial_id_for(spec: Spec) -> str:
 # --- resolution ------------------------------------------------------------------
 
 
-def _deep_checks(data: dict[str, Any]) -> list[Problem]:
-    """Checks against installed libraries, on every section that is valid by itself."""
-    from gymflow import checks
-    from gymflow.spec import AlgorithmSpec, EnvSpec
-
-    try:
-        data = Spec._lift_zoo_keys(data)  # type: ignore[operator]
-    except ValueError:
-        pass
-    env = algo = None
-    try:
-        env = EnvSpec.model_validate(data.get("env"))
-    except ValidationError:
-        pass
-    try:
-        algo = AlgorithmSpec.model_validate(data.get("algorithm"))
-    except ValidationError:
-        pass
-    problems: list[Problem] = []
-    if env is not None:
-        problems += checks.check_env(env)
-    if algo is not None:
-        problems += checks.check_algorithm(algo)
-    if env is not None and algo is not None and not problems:
-        problems += checks.check_spaces(env, algo)
-    return problems
+def _located(exc: SpecError, source: str | None) -> list[Problem]:
+    """The problems of a file other than the spec, with that file named where a problem has no field."""
+    if exc.source is None or exc.source == source:
+        return exc.problems
+    return [Problem(p.path or exc.source, p.message) for p in exc.problems]
 
 
 def load_raw(
     spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (), overrides: Sequence[str] = ()
 ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """The merged raw spec (file < globals < --set), the globals' variables, and the source name."""
+    """The merged raw spec (file < globals < --set), the globals' variables, and the source name.
+    A SpecError with the problems of every file and override at once."""
     source = None if isinstance(spec, dict) else str(spec)
-    data = copy.deepcopy(spec) if isinstance(spec, dict) else load_mapping(spec)
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    try:
+        data = copy.deepcopy(spec) if isinstance(spec, dict) else load_mapping(spec)
+    except SpecError as exc:
+        problems += _located(exc, source)
     variables: dict[str, Any] = {}
     for file in globals_files:
-        extra = load_mapping(file, what="globals")
+        try:
+            extra = load_mapping(file, what="globals")
+        except SpecError as exc:
+            problems += _located(exc, source)
+            continue
         variables = deep_merge(variables, extra)
         data = deep_merge(data, {k: v for k, v in extra.items() if k in Spec.model_fields})
     for text in overrides:
-        path, value = parse_override(text)
-        data = apply_override(data, path, value)
+        try:
+            path, value = parse_override(text)
+            data = apply_override(data, path, value)
+        except SpecError as exc:
+            problems += _located(exc, source)
+    if problems:
+        raise SpecError(_unique(problems), source)
     return data, variables, source
 
 
-def resolve_data(data: dict[str, Any], variables: dict[str, Any], source: str | None = None,
-                 trial_id: str | None = None, deep: bool = True) -> Spec:
-    """Substitute, validate and check a merged raw spec; set its trial id."""
+def non_finite(data: Any, where: str = "") -> list[Problem]:
+    """Every NaN or infinity in the data: spec.json is JSON, where they do not exist (pydantic writes null)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(where, f"must be a finite number, got {data}; .nan and .inf cannot be trained on or stored")]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in non_finite(v, f"{where}.{i}")]
+    return []
+
+
+def check_data(data: dict[str, Any], variables: dict[str, Any], trial_id: str | None = None,
+               deep: bool = True) -> tuple[Spec | None, dict[str, Any], list[Problem]]:
+    """Substitute, validate and check a merged raw spec: the Spec with its trial id (None when there are
+    problems), the substituted raw data, and every problem found."""
     variables = {**variables, "experiment": data.get("name", ""), "seed": data.get("seed", 0),
                  "date": _dt.date.today().isoformat()}
     data, problems = substitute(data, variables, keep=("trial_id",))
+    problems += non_finite(data)
     try:
-        resolved = Spec.model_validate(data)
+        resolved: Spec | None = Spec.model_validate(data)
     except ValidationError as exc:
         problems += problems_from(exc)
         resolved = None
     if deep:
-        problems += _deep_checks(data)
+        problems += checks.deep_checks(data)
+    problems = _unique(problems)
     if problems or resolved is None:
-        raise SpecError(_unique(problems), source)
-
+        return None, data, problems or [Problem("", "the spec is not valid")]
     tid = trial_id or resolved.trial_id or trial_id_for(resolved)
-    final, _ = substitute(resolved.model_dump(mode="json", exclude_none=False), {**variables, "trial_id": tid})
+    final, _ = substitute(resolved.model_dump(mode="json", exclude_none=False), {"trial_id": tid})
     final["trial_id"] = tid
-    return Spec.model_validate(final)
+    return Spec.model_validate(final), data, []
+
+
+def resolve_data(data: dict[str, Any], variables: dict[str, Any], source: str | None = None,
+                 trial_id: str | None = None, deep: bool = True) -> Spec:
+    """Substitute, validate and check a merged raw spec; set its trial id. SpecError with every problem otherwise."""
+    resolved, _, problems = check_data(data, variables, trial_id, deep)
+    if resolved is None:
+        raise SpecError(problems, source)
+    return resolved
 
 
 def resolve(

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """Text cut to about `limit` characters: an error message never echoes a whole input."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to about `limit` characters."""
+    return clip(repr(value), limit)
 
 
 class GymflowError(Exception):

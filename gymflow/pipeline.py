@@ -15,13 +15,6 @@ from gymflow.spec import Spec
 logger = logging.getLogger(__name__)
 
 
-def check_backend(spec: Spec) -> None:
-    """Resolve and check the spec's backend; SpecError (exit 2) before anything is provisioned."""
-    import backends
-
-    backends.create(spec)
-
-
 def ui_url(api_url: str | None, flow_run_id: str | None) -> str | None:
     if not api_url or not flow_run_id:
         return None

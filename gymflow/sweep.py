@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from gymflow import config
-from gymflow.errors import Problem, SpecError
+from gymflow.errors import Problem, clip, excerpt
 from gymflow.results import EVAL_FILE, STATUS_FILE, EvalReport, Status
 from gymflow.spec import Distribution, LocalBackendSpec, Spec, SweepSpec
 
@@ -40,20 +40,26 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+_NOT_SWEPT = {"sweep": "the sweep section cannot sweep itself", "trial_id": "gymflow sets each trial's id",
+              "name": "every trial of a sweep belongs to one experiment; run another sweep for another name"}
+
+
 def check_path(path: str) -> str | None:
     """None when path names a spec field (anything below a mapping field is allowed); else why not."""
     model: type[BaseModel] | None = Spec
     parts = path.split(".")
+    if parts[0] in _NOT_SWEPT:
+        return f"{path!r} cannot be swept: {_NOT_SWEPT[parts[0]]}"
     for i, part in enumerate(parts):
         if model is None:
             return None
-        if part not in model.model_fields or (model is Spec and part in ("sweep", "trial_id", "name")):
-            fields = [f for f in model.model_fields if not (model is Spec and f in ("sweep", "trial_id", "name"))]
+        if part not in model.model_fields or (model is Spec and part in _NOT_SWEPT):
+            fields = [f for f in model.model_fields if not (model is Spec and f in _NOT_SWEPT)]
             prefix = ".".join(parts[:i])
             options = [f"{prefix}.{f}" if prefix else f for f in fields]
-            close = get_close_matches(path, _known_paths(), n=1, cutoff=0.6)
+            close = get_close_matches(path, [k for k in _known_paths() if k != path], n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            return f"{path!r} is not a spec field.{hint} Fields here: {', '.join(options)}"
+            return f"{excerpt(path)} is not a spec field.{hint} Fields here: {', '.join(options)}"
         annotation = model.model_fields[part].annotation
         if get_origin(annotation) is dict or annotation is dict:
             return None  # hyperparams, kwargs, scenario: free-form below
@@ -69,6 +75,7 @@ def _known_paths() -> list[str]:
             out.append(name)
         else:
             out += [f"{name}.{f}" for f in sub.model_fields]
+    out = [p for p in out if p.split(".")[0] not in _NOT_SWEPT]
     return out + ["algorithm.hyperparams.learning_rate", "algorithm.hyperparams.gamma", "algorithm.hyperparams.batch_size"]
 
 
@@ -105,33 +112,52 @@ def _problems_of_paths(sweep: SweepSpec) -> list[Problem]:
     return problems
 
 
-def expand(spec_file: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (),
-           overrides: Sequence[str] = ()) -> tuple[Spec, list[Spec]]:
-    """The resolved sweep spec and its trials; a SpecError with every problem otherwise."""
-    data, variables, source = config.load_raw(spec_file, globals_files, overrides)
-    base = config.resolve_data(copy.deepcopy(data), variables, source)
-    if base.sweep is None:
-        raise SpecError([Problem("sweep", "this spec has no sweep section: add one (sweep: {grid: {...}, seeds: [0, 1, 2]}) "
-                                          "or run a single trial with `gymflow run`")], source)
-    problems = _problems_of_paths(base.sweep)
+MAX_TRIALS = 10_000
+
+
+def section_problems(raw: Any) -> list[Problem]:
+    """The sweep section's paths, when the section is valid by itself (the spec's own validation reports the rest)."""
+    try:
+        section = SweepSpec.model_validate(raw)
+    except ValidationError:
+        return []
+    return _problems_of_paths(section)
+
+
+def expand_data(data: dict[str, Any], variables: dict[str, Any], sweep: SweepSpec) -> tuple[list[Spec], list[Problem]]:
+    """Every trial of a merged raw spec's sweep, each resolved and checked; and every problem of any of them."""
+    problems = _problems_of_paths(sweep)
+    count = max(1, len(sweep.seeds)) * (sweep.random.n if sweep.random else 1)
+    for values in sweep.grid.values():
+        count *= len(values)
+    if count > MAX_TRIALS:
+        return [], problems + [Problem("sweep", f"expands to {count:,} trials, more than {MAX_TRIALS:,}; sweep fewer values "
+                                                "or use random: {n: ...} to sample the grid")]
     if problems:
-        raise SpecError(problems, source)
+        return [], problems
     trials: dict[str, Spec] = {}
-    for combo in combinations(base.sweep, base.seed):
+    for combo in combinations(sweep, data.get("seed", 0) if isinstance(data.get("seed"), int) else 0):
         raw = copy.deepcopy(data)
         raw.pop("sweep", None)
         for path, value in combo.items():
             raw = config.apply_override(raw, path.split("."), value)
-        try:
-            trial = config.resolve_data(raw, variables, source, deep=not trials)
-        except SpecError as exc:
+        trial, _, found = config.check_data(raw, variables)
+        if trial is None:
             varied = ", ".join(f"{k}={v!r}" for k, v in combo.items())
-            problems += [Problem(p.path, f"{p.message} (in the trial with {varied})") for p in exc.problems]
+            problems += [Problem(p.path, f"{p.message} (in the trial with {clip(varied, 200)})") for p in found]
             continue
         trials.setdefault(trial.trial_id or "", trial)
-    if problems:
-        raise SpecError(list(dict.fromkeys(problems)), source)
-    return base, list(trials.values())
+    return list(trials.values()), list(dict.fromkeys(problems))
+
+
+def expand(spec_file: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (),
+           overrides: Sequence[str] = ()) -> tuple[Spec, list[Spec]]:
+    """The resolved sweep spec and its trials; a SpecError with every problem otherwise (the fast checks:
+    preflight.check(..., sweep=True) adds the run directories, tracking store, backend and build)."""
+    from gymflow import preflight
+
+    plan = preflight.check(spec_file, globals_files, overrides, sweep=True, build=False)
+    return plan.base, plan.trials
 
 
 def expand_input(spec: Spec | dict[str, Any] | None, spec_file: str | None, overrides: Sequence[str] = (),

@@ -1,0 +1,124 @@
+"""Checks of where a trial writes: its run directory and its MLflow tracking store.
+
+Run before anything is created, so that a run directory under a file or an MLflow server
+that is down is an exit-2 message naming the field, not a traceback after provisioning.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from importlib.metadata import entry_points
+from pathlib import Path
+from urllib.parse import urlparse
+
+from gymflow.errors import Problem, excerpt
+
+TRACKING_CHECK_ENV = "GYMFLOW_TRACKING_CHECK_S"
+DEFAULT_TRACKING_CHECK_S = 5.0
+_MLFLOW_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"}
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
+    """Whether a run directory can be made at uri."""
+    from gymflow.storage import local_path
+
+    if "\x00" in uri:
+        return [Problem(field, "contains a NUL character; use a plain path")]
+    path = local_path(uri)
+    if path is None:
+        scheme = urlparse(uri).scheme
+        if scheme in ("gs", "az"):
+            return [Problem(field, f"{scheme}:// run directories are not available in this version; use a local path")]
+        return [Problem(field, f"unknown scheme {scheme!r} in {excerpt(uri)}; use a local path, file://, gs:// or az://")]
+    return folder_problems(path, field, "the run directory")
+
+
+def folder_problems(path: Path, field: str, what: str) -> list[Problem]:
+    """Whether a folder exists or can be created at path by this user."""
+    try:
+        path = path.absolute()
+        node = path
+        while not node.exists() and node != node.parent:
+            node = node.parent
+        if not node.is_dir():
+            return [Problem(field, f"{node} is a file, so {what} {path} cannot be created under it; choose another path")]
+        if not os.access(node, os.W_OK | os.X_OK):
+            return [Problem(field, f"{what} {path} cannot be created: {node} is not writable for this user; "
+                                   "choose another path")]
+    except (OSError, ValueError) as exc:
+        return [Problem(field, f"{what} {excerpt(str(path))} cannot be used: {getattr(exc, 'strerror', None) or exc}")]
+    return []
+
+
+def tracking_check_s() -> float:
+    """How long to wait for the tracking server (GYMFLOW_TRACKING_CHECK_S, default 5 s; 0: no check)."""
+    raw = os.environ.get(TRACKING_CHECK_ENV, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_TRACKING_CHECK_S
+    except ValueError:
+        return DEFAULT_TRACKING_CHECK_S
+
+
+def _plugin_schemes() -> set[str]:
+    return {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
+
+def tracking_problems(uri: str | None, reach: bool = True) -> list[Problem]:
+    """Whether MLflow can use the tracking URI: a scheme it knows, a SQLite folder that exists, a server that
+    answers within tracking_check_s(). The spec's tracking.uri, else MLFLOW_TRACKING_URI; None: MLflow's default."""
+    field = "tracking.uri"
+    if uri is None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        field = "MLFLOW_TRACKING_URI"
+    if uri is None:
+        return []
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+", 1)[0]
+    if len(parsed.scheme) == 1:  # a Windows drive letter
+        scheme = ""
+    if scheme not in _MLFLOW_SCHEMES and scheme not in _plugin_schemes():
+        return [Problem(field, f"MLflow cannot track to {excerpt(uri)}: unknown scheme {parsed.scheme!r}. Use "
+                               "sqlite:///mlflow.db, http(s)://HOST:PORT of an MLflow server, or postgresql://…")]
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            return folder_problems(Path(parsed.path if scheme else uri), field, "the MLflow store")
+        return [Problem(field, f"{excerpt(uri)} is a file store, which MLflow 3 keeps only in maintenance mode; use "
+                               "sqlite:///mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)")]
+    if scheme == "sqlite":
+        database = uri.split("://", 1)[1].split("?", 1)[0].removeprefix("/")
+        if database in ("", ":memory:"):
+            return []
+        return folder_problems(Path(database).parent, field, "the folder of the MLflow database")
+    timeout = tracking_check_s()
+    if not reach or timeout == 0 or scheme not in ("http", "https", *_DB_PORTS):
+        return []
+    why = _unreachable(parsed, scheme, timeout)
+    if why is None:
+        return []
+    return [Problem(field, f"the MLflow tracking store {uri} cannot be reached ({why}; waited at most {timeout:g} s). "
+                           f"Start it, or point tracking.uri or MLFLOW_TRACKING_URI at one that runs; "
+                           f"{TRACKING_CHECK_ENV} sets the wait (0 skips this check)")]
+
+
+def _unreachable(parsed: object, scheme: str, timeout: float) -> str | None:
+    """Why the server does not answer, or None when it does (any HTTP answer counts)."""
+    host = getattr(parsed, "hostname", None)
+    try:
+        port = getattr(parsed, "port", None)
+    except ValueError:
+        return "the port is not a number"
+    if not host:
+        return "no host in the URI"
+    if scheme not in ("http", "https"):
+        port = port or _DB_PORTS[scheme]
+    else:
+        port = port or (443 if scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.timeout:
+        return "no answer"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
