@@ -52,9 +52,9 @@ def _versions() -> str:
 
 
 def _cache_file() -> Path:
-    from gymflow.server import home
+    from gymflow.server import cache_dir
 
-    return home() / "cache" / f"builds-{hashlib.sha256(_versions().encode()).hexdigest()[:16]}.json"
+    return cache_dir() / f"builds-{hashlib.sha256(_versions().encode()).hexdigest()[:16]}.json"
 
 
 def _key(item: dict[str, Any]) -> str:

@@ -84,10 +84,10 @@ def _cache_file() -> Path:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
-    from gymflow.server import home
+    from gymflow.server import cache_dir
 
     key = hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
-    return home() / "cache" / f"algorithms-{key}.json"
+    return cache_dir() / f"algorithms-{key}.json"
 
 
 @lru_cache(maxsize=None)
@@ -201,8 +201,11 @@ def check_env(env: EnvSpec) -> list[Problem]:
         except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
             problems.append(Problem(f"env.wrappers.{i}.path", _describe_import_error(wrapper.path, exc)))
             continue
-        if not callable(obj):
-            problems.append(Problem(f"env.wrappers.{i}.path", f"{wrapper.path!r} is not a class or callable"))
+        import gymnasium
+
+        if not (isinstance(obj, type) and issubclass(obj, gymnasium.Wrapper)):
+            problems.append(Problem(f"env.wrappers.{i}.path", f"{wrapper.path!r} is not a gymnasium.Wrapper subclass; "
+                                                              "give a wrapper class"))
     return problems
 
 
@@ -215,9 +218,16 @@ def _check_env_id(env_id: str) -> str | None:
             module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001
             return _describe_import_error(env_id, exc)
-        if hasattr(module, attr.split(".")[0]) or attr in gymnasium.envs.registry:
+        if attr in gymnasium.envs.registry and not hasattr(module, attr.split(".")[0]):
+            return None  # importing the module registered the id
+        try:
+            obj = import_object(env_id)
+        except AttributeError:
+            return f"{module_name!r} has no class {attr!r} and registers no env of that id"
+        if isinstance(obj, type) and issubclass(obj, gymnasium.Env):
             return None
-        return f"{module_name!r} has no class {attr!r} and registers no env of that id"
+        return (f"{env_id!r} is not a gymnasium.Env subclass; give an env class, or register a factory with "
+                "gymnasium.register in that module and use 'module:EnvId'")
     if env_id in gymnasium.envs.registry:
         return None
     close = get_close_matches(env_id, list(gymnasium.envs.registry), n=3, cutoff=0.6)

@@ -130,6 +130,20 @@ def _net_arch(value: Any) -> list[int] | dict[str, list[int]]:
     return layers(value)
 
 
+EXTRACTORS = ("FlattenExtractor", "NatureCNN", "CombinedExtractor")
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _extractor(value: Any) -> str:
+    """An SB3 features extractor by name, or 'package.module:Class' of your own."""
+    if isinstance(value, str):
+        name = value.strip().split(".")[-1] if ":" not in value else value.strip()
+        if name in EXTRACTORS or _ENTRY_POINT.match(name):
+            return name
+    raise HyperparamError(f"unknown features_extractor_class {value!r}; use {', '.join(EXTRACTORS)}, "
+                          "or 'package.module:Class' for a BaseFeaturesExtractor subclass of your own")
+
+
 def parse_policy_kwargs(value: Any) -> dict[str, Any]:
     """Canonical policy_kwargs: activation and optimizer by name, net_arch checked."""
     kwargs = parse_mapping(value)
@@ -144,6 +158,8 @@ def parse_policy_kwargs(value: Any) -> dict[str, Any]:
             if name not in OPTIMIZERS:
                 raise HyperparamError(f"unknown optimizer_class {item!r}; allowed: {', '.join(OPTIMIZERS)}")
             out[key] = name
+        elif key == "features_extractor_class":
+            out[key] = _extractor(item)
         elif key in ("optimizer_kwargs", "features_extractor_kwargs"):
             out[key] = parse_mapping(item)
         else:

@@ -36,6 +36,11 @@ def home() -> Path:
     return Path(os.environ.get("GYMFLOW_HOME", Path.home() / ".gymflow"))
 
 
+def cache_dir() -> Path:
+    """Where checks cache what they learnt (GYMFLOW_CACHE, default ~/.gymflow/cache); always safe to delete."""
+    return Path(os.environ.get("GYMFLOW_CACHE") or home() / "cache")
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     pid: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import yaml
 
 TESTS_DIR = Path(__file__).parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# what checks learn (algorithm signatures, build checks) is shared by the session's tests; each test has its own home
+os.environ.setdefault("GYMFLOW_CACHE", tempfile.mkdtemp(prefix="gymflow-test-cache-"))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
 
 

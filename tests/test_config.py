@@ -125,7 +125,7 @@ def test_algorithm_facts_are_introspected_once_then_read_from_a_version_keyed_ca
     assert {"learning_rate", "buffer_size", "noise_type"} <= facts.hyperparams and "policy" not in facts.hyperparams
     assert facts.policies["MlpPolicy"] is not None and "net_arch" in facts.policies["MlpPolicy"]
     cache = checks._cache_file()
-    assert cache.is_relative_to(Path(os.environ["GYMFLOW_HOME"]))
+    assert cache.is_relative_to(Path(os.environ["GYMFLOW_CACHE"]))
     assert json.loads(cache.read_text())["sac"]["hyperparams"] == sorted(facts.hyperparams)
 
     # another process validates from the cache without importing torch

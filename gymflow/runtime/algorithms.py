@@ -101,8 +101,23 @@ def _optimizer(name: str) -> type:
     return {"adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop, "sgd": optim.SGD}[name]
 
 
+def _extractor(name: str) -> type:
+    from stable_baselines3.common import torch_layers
+
+    if name in hyperparams.EXTRACTORS:
+        return getattr(torch_layers, name)  # type: ignore[no-any-return]
+    from gymflow.checks import import_object
+
+    cls = import_object(name)
+    if not (isinstance(cls, type) and issubclass(cls, torch_layers.BaseFeaturesExtractor)):
+        raise TypeError(f"features_extractor_class {name!r} is not a BaseFeaturesExtractor subclass")
+    return cls
+
+
 def _policy_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
+    if "features_extractor_class" in out:
+        out["features_extractor_class"] = _extractor(out["features_extractor_class"])
     if "activation_fn" in out:
         out["activation_fn"] = _activation(out["activation_fn"])
     if "optimizer_class" in out:
