@@ -106,8 +106,10 @@ def _task_runner(runner: Runner, address: str | None, workers: int) -> Any:
     dask.config.set(LOCAL_CLUSTER_CONFIG)
     # in-process workers: a trial's own work (following its worker process, Prefect and MLflow calls) is light, while
     # worker processes of their own would each import Prefect and MLflow and take a share of the cores from training
+    # loopback only: a scheduler that anyone on the network can reach runs the pickled code of whoever connects, and
+    # with no address Dask's HTTP servers (dashboard, workers' health routes) listen on every interface
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False,
-                                          "dashboard_address": None})
+                                          "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0"})
 
 
 def _parent_run(tracker: Tracker, name: str, trials: list[Spec], sid: str) -> str:
