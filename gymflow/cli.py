@@ -26,9 +26,43 @@ app.add_typer(worker_app, name="worker")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-SpecArg = Annotated[Path, typer.Argument(help="The experiment spec (YAML).", show_default=False)]
-GlobalsOpt = Annotated[Optional[list[Path]], typer.Option("--globals", "-g", help="YAML file of variables and shared fields; repeatable.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: dotted.path=value (YAML-typed); repeatable.")]
+SpecArg = Annotated[Path, typer.Argument(help="The experiment spec (YAML).", show_default=False, metavar="SPEC")]
+GlobalsOpt = Annotated[Optional[list[Path]], typer.Option("--globals", "-g", metavar="FILE",
+                                                          help="YAML file of variables and shared fields; repeatable.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="PATH=VALUE",
+                                                     help="Override a field: dotted.path=value (YAML-typed); repeatable.")]
+
+
+def _untyped_flags() -> None:
+    """Typer 0.2x prints a type beside every option in --help, `<bool>` beside flags such as --help itself, which
+    take no value: show none there."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # an older Typer, which shows no types
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_untyped_flags()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"gymflow {version('gymflow')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print gymflow's version and exit.", callback=_version,
+                                               is_eager=True)] = False) -> None:
+    """Run reinforcement-learning experiments from one YAML spec."""
 
 
 def _setup_logging(level: int = logging.WARNING) -> None:
