@@ -37,6 +37,9 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+MAX_SHOWN = 50  # problems listed in one message
+
+
 class SpecError(UserError):
     """A spec that cannot be run. Carries every problem found, not just the first."""
 
@@ -46,7 +49,9 @@ class SpecError(UserError):
         where = f" in {source}" if source else ""
         count = len(self.problems)
         lines = [f"{count} problem{'s' if count != 1 else ''}{where}:"]
-        lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  - {Problem(clip(p.path, 120), p.message)}" for p in self.problems[:MAX_SHOWN]]
+        if count > MAX_SHOWN:
+            lines.append(f"  … and {count - MAX_SHOWN} more")
         super().__init__("\n".join(lines))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from gymflow.errors import Problem
+from gymflow.errors import Problem, clip, excerpt
 from gymflow.spec import Spec
 
 
@@ -81,24 +81,23 @@ def _message(err: dict[str, Any], parent: type[BaseModel] | None) -> str:
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}, got {value!r}"
+        return f"must be {bounds[kind]} {limit}, got {excerpt(value)}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be an integer, got {value!r}"
+        return f"must be an integer, got {excerpt(value)}"
     if kind in ("float_parsing", "float_type"):
-        return f"must be a number, got {value!r}"
+        return f"must be a number, got {excerpt(value)}"
     if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {value!r}"
+        return f"must be true or false, got {excerpt(value)}"
     if kind in ("string_type", "dict_type", "model_type", "model_attributes_type", "list_type", "tuple_type"):
         expected = {"string_type": "a string", "list_type": "a list", "tuple_type": "a list"}.get(kind, "a mapping")
-        return f"must be {expected}, got {type(value).__name__} {value!r}"
+        return f"must be {expected}, got {type(value).__name__} {excerpt(value)}"
     if kind == "string_pattern_mismatch":
-        return f"invalid value {value!r}: use letters, digits, '_', '.', '-' (pattern {ctx.get('pattern')})"
+        return f"invalid value {excerpt(value)}: use letters, digits, '_', '.', '-' (pattern {ctx.get('pattern')})"
     if kind == "union_tag_invalid":
         return f"unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {value!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    return msg
+        return f"must be one of {ctx.get('expected')}, got {excerpt(value)}"
+    return clip(err["msg"].removeprefix("Value error, "))
 
 
 def problems_from(exc: ValidationError) -> list[Problem]:
@@ -108,7 +107,7 @@ def problems_from(exc: ValidationError) -> list[Problem]:
         path, parent = _walk_loc(tuple(err["loc"]))
         ctx = err.get("ctx") or {}
         if err["type"] == "hyperparam":  # raised on the algorithm (or spec) with the offending key
-            problems.append(Problem(f"algorithm.hyperparams.{ctx['key']}", str(ctx["message"])))
+            problems.append(Problem(f"algorithm.hyperparams.{ctx['key']}", clip(str(ctx["message"]))))
             continue
         problems.append(Problem(path, _message(err, parent)))
     return problems
