@@ -61,6 +61,10 @@ class _Loader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if not isinstance(key, str):
+                raise _Refused(f"the key {excerpt(key_node.value) if isinstance(key_node, ScalarNode) else excerpt(key)} "
+                               f"reads as {type(key).__name__} {excerpt(key)}; every key in a spec is a name: quote it",
+                               key_node.start_mark)
             try:
                 first = seen.get(key)
             except TypeError:
@@ -140,8 +144,9 @@ def parse(text: str, source: str) -> Any:
     """One YAML document, bounded as the module says; a SpecError naming the line otherwise."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise SpecError([Problem("", f"{len(text):,} characters of YAML; at most {MAX_BYTES // 1024} KiB is read")], source)
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -149,6 +154,11 @@ def parse(text: str, source: str) -> Any:
         return loader.construct_document(node)
     except _Refused as exc:
         raise SpecError([Problem("", f"refused YAML: {_where(exc.mark)}{exc}")], source) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SpecError([Problem("", f"invalid YAML: line {line}, column {column}: the control character "
+                                     f"U+{exc.character if isinstance(exc.character, int) else ord(exc.character):04X} is not allowed in YAML; remove it")], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -156,7 +166,8 @@ def parse(text: str, source: str) -> Any:
     except RecursionError:  # a bound above should have caught it; never a traceback
         raise SpecError([Problem("", f"refused YAML: nested too deeply (at most {MAX_DEPTH} levels)")], source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _where(mark: Any) -> str:

@@ -270,3 +270,12 @@ def test_thousands_of_problems_make_a_short_message(refuse: Any, tmp_path: Path)
     spec = base_spec(**{f"{'k' * 40}{i}": i for i in range(3000)})
     message = refuse(_spec(tmp_path, spec))
     assert message.startswith("error: 3000 problems") and "… and 2950 more" in message and len(message) < 20_000
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: x\non: 3\n", "refused YAML: line 2, column 1: the key 'on' reads as bool True; every key in a spec is a name: quote it"),
+    ("name: x\nenv: {0E0: 1}\n", "refused YAML: line 2, column 7: the key '0E0' reads as float 0.0"),
+    ("name: x\x00\n", "invalid YAML: line 1, column 8: the control character U+0000 is not allowed in YAML; remove it"),
+])
+def test_keys_that_are_not_names_and_control_characters_are_refused(text: str, message: str, refuse: Any, tmp_path: Path) -> None:
+    assert message in refuse(_spec(tmp_path, text))
