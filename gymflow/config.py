@@ -45,8 +45,10 @@ def _read_text(path: str | Path, what: str) -> str:
         return yamlio.decode(store.read_bytes(name), text)
     if file.is_dir():
         raise SpecError([Problem("", f"{what} file {file} is a folder; give the YAML file in it")])
-    if not file.is_file():
+    if not file.exists():
         raise SpecError([Problem("", f"{what} file not found: {file}. Check the path.")])
+    if not file.is_file():
+        raise SpecError([Problem("", f"{what} file {file} is not a regular file; give a YAML file")])
     try:
         yamlio.check_size(file.stat().st_size, text)  # refused before it is read
         return yamlio.decode(file.read_bytes(), text)

@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +88,10 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
     spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
                                   "max_parallel": 2}, **SMALL)
     base, _ = expand(spec)
-    state, result = pipeline.run_sweep(spec, [], [], Console(file=open(os.devnull, "w")))
+    with _listening_sockets() as listening:
+        state, result = pipeline.run_sweep(spec, [], [], Console(file=open(os.devnull, "w")))
+    # every service of the sweep (Dask scheduler, dashboard, workers; the Prefect server) is on loopback only
+    assert listening and all(ip in ("127.0.0.1", "::1") for ip, _ in listening), listening
     assert state.is_completed(), state.message
     assert len(result.rows) == 6 and result.failed == 0
     assert {c.config for c in result.configs} == {"learning_rate=0.001", "learning_rate=0.0003"}
@@ -133,6 +139,33 @@ def test_the_worker_applies_the_torch_thread_limit_its_backend_sets() -> None:
              "print(torch.get_num_threads())")
     env = {**os.environ, "GYMFLOW_TORCH_THREADS": "1"}
     assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"
+
+
+@contextmanager
+def _listening_sockets() -> Iterator[set[tuple[str, int]]]:
+    """The addresses this process and its children listen on, sampled every 0.2 s while the block runs."""
+    import psutil
+
+    seen: set[tuple[str, int]] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            me = psutil.Process()
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    seen.update((c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                                if c.status == psutil.CONN_LISTEN)
+                except psutil.Error:
+                    pass
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _max_concurrency(experiment: str) -> int:
