@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,9 +63,13 @@ class LocalBackend(Backend):
     Settings = LocalBackendSpec
 
     def _check(self, spec: Spec) -> list[Problem]:
+        problems = []
         if local_path(spec.storage) is None:
-            return [Problem("storage", f"the local backend needs a local run directory, got {spec.storage!r}")]
-        return []
+            problems.append(Problem("storage", f"the local backend needs a local run directory, got {spec.storage!r}"))
+        if spec.algorithm.device == "cuda" and not _has_nvidia_gpu():
+            problems.append(Problem("algorithm.device", "cuda was asked for, but this machine has no NVIDIA GPU "
+                                                        "(no driver found); use auto or cpu, or a GPU backend"))
+        return problems
 
     def _plan(self, spec: Spec) -> Handle:
         path = local_path(spec.storage)
@@ -279,6 +284,11 @@ def release_idle_workers() -> int:
                 released += 1
         pool.tidy(folder)
     return released
+
+
+def _has_nvidia_gpu() -> bool:
+    """An NVIDIA driver is loaded (checked without importing torch, which the orchestrator never needs)."""
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
 
 
 def _claimed(marker: str) -> str:

@@ -248,7 +248,7 @@ def check_algorithm(algo: AlgorithmSpec) -> list[Problem]:
             )
     policies = algo_facts(algo.name).policies
     if algo.policy is not None and algo.policy not in policies:
-        problems.append(Problem("algorithm.policy", f"unknown policy {algo.policy!r} for {algo.name}; allowed: {', '.join(policies)}"))
+        problems.append(Problem("algorithm.policy", f"unknown policy {algo.policy!r} for {algo.name}; allowed: {', '.join(sorted(policies))}"))
         return problems
     policy_kwargs = algo.hyperparams.get("policy_kwargs")
     allowed = policies.get(algo.policy_name)

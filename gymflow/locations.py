@@ -17,7 +17,8 @@ from gymflow.errors import Problem, excerpt
 TRACKING_CHECK_ENV = "GYMFLOW_TRACKING_CHECK_S"
 DEFAULT_TRACKING_CHECK_S = 5.0
 _MLFLOW_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"}
-_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "tcp": 8786, "tls": 8786, "http": 80, "https": 443}
+_DB_PORTS = ("postgresql", "mysql", "mssql")
 
 
 def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
@@ -103,7 +104,7 @@ def tracking_problems(uri: str | None, reach: bool = True) -> list[Problem]:
 
 
 def _unreachable(parsed: object, scheme: str, timeout: float) -> str | None:
-    """Why the server does not answer, or None when it does (any HTTP answer counts)."""
+    """Why nothing accepts a TCP connection at the URI's host and port (the scheme's default port), or None."""
     host = getattr(parsed, "hostname", None)
     try:
         port = getattr(parsed, "port", None)
@@ -111,10 +112,7 @@ def _unreachable(parsed: object, scheme: str, timeout: float) -> str | None:
         return "the port is not a number"
     if not host:
         return "no host in the URI"
-    if scheme not in ("http", "https"):
-        port = port or _DB_PORTS[scheme]
-    else:
-        port = port or (443 if scheme == "https" else 80)
+    port = port or _DEFAULT_PORTS[scheme]
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return None
@@ -122,3 +120,20 @@ def _unreachable(parsed: object, scheme: str, timeout: float) -> str | None:
         return "no answer"
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+
+
+def dask_problems(address: str, field: str) -> list[Problem]:
+    """Whether the Dask scheduler a sweep is pointed at answers (tcp:// or tls://, within tracking_check_s())."""
+    text = address if "://" in address else f"tcp://{address}"
+    parsed = urlparse(text)
+    if parsed.scheme not in ("tcp", "tls"):
+        return [Problem(field, f"cannot reach a Dask scheduler at {excerpt(address)}: use tcp://HOST:PORT (or tls://)")]
+    timeout = tracking_check_s()
+    if timeout == 0:
+        return []
+    why = _unreachable(parsed, "tcp", timeout)
+    if why is None:
+        return []
+    return [Problem(field, f"the Dask scheduler {address} cannot be reached ({why}; waited at most {timeout:g} s). Start it "
+                           f"(dask scheduler --host 127.0.0.1), or leave sweep.dask_address and GYMFLOW_DASK_ADDRESS "
+                           f"unset for a local cluster; {TRACKING_CHECK_ENV} sets the wait")]

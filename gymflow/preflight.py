@@ -53,6 +53,10 @@ def check(spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path]
         if base is not None and base.sweep is not None:
             trials, more = sweeps.expand_data(data, variables, base.sweep)
             problems += more
+            address = sweeps.dask_address(base.sweep)
+            if address:
+                field = "sweep.dask_address" if base.sweep.dask_address else sweeps.DASK_ADDRESS_ENV
+                problems += locations.dask_problems(address, field)
         else:
             problems += sweeps.section_problems(substituted.get("sweep"))
     problems += _where_problems(trials, substituted)

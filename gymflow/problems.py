@@ -91,6 +91,12 @@ def _message(err: dict[str, Any], parent: type[BaseModel] | None) -> str:
     if kind in ("string_type", "dict_type", "model_type", "model_attributes_type", "list_type", "tuple_type"):
         expected = {"string_type": "a string", "list_type": "a list", "tuple_type": "a list"}.get(kind, "a mapping")
         return f"must be {expected}, got {type(value).__name__} {excerpt(value)}"
+    if kind in ("string_too_short", "too_short") and ctx.get("min_length") == 1:
+        return "must not be empty"
+    if kind in ("string_too_short", "too_short"):
+        return f"must have at least {ctx.get('min_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind in ("string_too_long", "too_long"):
+        return f"must have at most {ctx.get('max_length')} {'characters' if kind.startswith('string') else 'items'}"
     if kind == "string_pattern_mismatch":
         return f"invalid value {excerpt(value)}: use letters, digits, '_', '.', '-' (pattern {ctx.get('pattern')})"
     if kind == "union_tag_invalid":

@@ -222,7 +222,7 @@ class TrackingSpec(_Model):
     """Where MLflow records the trial."""
 
     uri: str | None = Field(None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI or MLflow's local default.")
-    experiment: str | None = Field(None, description="MLflow experiment name; default: the spec's name.")
+    experiment: str | None = Field(None, min_length=1, max_length=250, description="MLflow experiment name; default: the spec's name.")
 
 
 class LocalBackendSpec(_Model):
@@ -329,7 +329,7 @@ class Spec(_Model):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    storage: str = Field(DEFAULT_STORAGE, description="Run directory: a local path or file://, gs://bucket/..., az://container/...")
+    storage: str = Field(DEFAULT_STORAGE, min_length=1, description="Run directory: a local path or file://, gs://bucket/..., az://container/...")
     backend: BackendSpec = Field(default_factory=LocalBackendSpec)
     sweep: SweepSpec | None = Field(None, description="Run many trials of this spec (gymflow sweep); absent in a trial's spec.")
     trial_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Set by gymflow: derived from the resolved spec.")

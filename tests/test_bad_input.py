@@ -279,3 +279,22 @@ def test_thousands_of_problems_make_a_short_message(refuse: Any, tmp_path: Path)
 ])
 def test_keys_that_are_not_names_and_control_characters_are_refused(text: str, message: str, refuse: Any, tmp_path: Path) -> None:
     assert message in refuse(_spec(tmp_path, text))
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["storage="], "storage: must not be empty"),
+    (["tracking.experiment="], "tracking.experiment: must not be empty"),
+    (["algorithm.device=cuda"], "algorithm.device: cuda was asked for, but this machine has no NVIDIA GPU"),
+    (["sweep.dask_address=tcp://127.0.0.1:9"], "sweep.dask_address: the Dask scheduler tcp://127.0.0.1:9 cannot be reached "
+                                               "(Connection refused; waited at most 5 s)"),
+    (["sweep.dask_address=inproc://x"], "sweep.dask_address: cannot reach a Dask scheduler at 'inproc://x': use tcp://HOST:PORT"),
+    (["storage=s3://bucket/runs"], "storage: unknown scheme 's3' in 's3://bucket/runs'; use a local path, file://, gs:// or az://"),
+    (["env=[1, 2]"], "env: must be a mapping, got list [1, 2]"),
+    (["algorithm.hyperparams.policy_kwargs=__import__('os').system('touch pwned')"],
+     "algorithm.hyperparams.policy_kwargs: cannot parse \"__import__('os').system('touch pwned')\" as a mapping"),
+])
+def test_command_line_overrides_are_checked_like_the_file(sets: list[str], message: str, refuse: Any, tmp_path: Path) -> None:
+    if "cuda" in message and Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("this machine has an NVIDIA GPU")
+    args = [a for s in sets for a in ("--set", s)]
+    assert message in refuse(_spec(tmp_path, _sweepable()), *args)
