@@ -12,6 +12,8 @@ import inspect
 import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from difflib import get_close_matches
 from functools import lru_cache
@@ -90,29 +92,61 @@ def _cache_file() -> Path:
     return cache_dir() / f"algorithms-{key}.json"
 
 
+def _as_json(facts: AlgoFacts) -> dict[str, Any]:
+    return {"hyperparams": sorted(facts.hyperparams), "policies": facts.policies}
+
+
+def facts_of_all() -> dict[str, dict[str, Any]]:
+    """Every algorithm's facts that can be introspected here, as JSON (what the subprocess prints)."""
+    out = {}
+    for name in algorithms.ALGORITHMS:
+        try:
+            out[name] = _as_json(_introspect(name))
+        except Exception:  # noqa: BLE001 - an algorithm that does not import is reported when a spec asks for it
+            logger.debug("cannot introspect %s", name, exc_info=True)
+    return out
+
+
+def _introspect_elsewhere() -> dict[str, Any]:
+    """facts_of_all() from a subprocess: importing the classes loads torch (~170 MB) into a process that never
+    trains. {} when the subprocess fails; the caller then introspects here."""
+    code = "import json, sys; from gymflow.checks import facts_of_all; sys.stdout.write(json.dumps(facts_of_all()))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=True)
+        found = json.loads(done.stdout)
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        logger.debug("introspecting the algorithms in a subprocess failed", exc_info=True)
+        return {}
+
+
 @lru_cache(maxsize=None)
 def algo_facts(name: str) -> AlgoFacts:
-    """The algorithm's facts, from the version-keyed cache or by introspecting the class once."""
+    """The algorithm's facts, from the version-keyed cache or by introspecting every class once, in a subprocess."""
     file = _cache_file()
     try:
-        cached = json.loads(file.read_text())[name]
-        return AlgoFacts(frozenset(cached["hyperparams"]), cached["policies"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    facts = _introspect(name)
-    try:
         data = json.loads(file.read_text())
+        if not isinstance(data, dict):
+            data = {}
     except (OSError, ValueError):
         data = {}  # none yet, or damaged: start it again
+    if name not in data:
+        data.update(_introspect_elsewhere())
+        if name not in data:
+            data[name] = _as_json(_introspect(name))  # the import error, if any, is raised here
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp.replace(file)
+        except (OSError, ValueError):
+            logger.debug("could not cache algorithm facts in %s", file, exc_info=True)
     try:
-        data[name] = {"hyperparams": sorted(facts.hyperparams), "policies": facts.policies}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(file)
-    except (OSError, ValueError):
-        logger.debug("could not cache algorithm facts in %s", file, exc_info=True)
-    return facts
+        cached = data[name]
+        return AlgoFacts(frozenset(cached["hyperparams"]), cached["policies"])
+    except (KeyError, TypeError):
+        return _introspect(name)
 
 
 def valid_hyperparams(name: str) -> frozenset[str]:
