@@ -62,13 +62,11 @@ class _Loader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             if not isinstance(key, str):
-                raise _Refused(f"the key {excerpt(key_node.value) if isinstance(key_node, ScalarNode) else excerpt(key)} "
+                written = key_node.value if isinstance(key_node, ScalarNode) else key
+                raise _Refused(f"the key {excerpt(written)} "
                                f"reads as {type(key).__name__} {excerpt(key)}; every key in a spec is a name: quote it",
                                key_node.start_mark)
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # an unhashable key: PyYAML's own check reports it
+            first = seen.get(key)
             if first is not None:
                 raise _Refused(f"duplicate key {excerpt(key)} (first at line {first.line + 1}); keep one", key_node.start_mark)
             seen[key] = key_node.start_mark
@@ -157,11 +155,13 @@ def parse(text: str, source: str) -> Any:
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise SpecError([Problem("", f"invalid YAML: line {line}, column {column}: the control character "
-                                     f"U+{exc.character if isinstance(exc.character, int) else ord(exc.character):04X} is not allowed in YAML; remove it")], source) from None
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise SpecError([Problem("", f"invalid YAML: line {line}, column {column}: the control character U+{code:04X} "
+                                     "is not allowed in YAML; remove it")], source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = ": ".join(filter(None, [getattr(exc, "context", None), getattr(exc, "problem", None)]))
+        problem = problem or str(exc).splitlines()[0]
         raise SpecError([Problem("", f"invalid YAML: {_where(mark)}{problem[:200]}")], source) from None
     except RecursionError:  # a bound above should have caught it; never a traceback
         raise SpecError([Problem("", f"refused YAML: nested too deeply (at most {MAX_DEPTH} levels)")], source) from None
