@@ -155,8 +155,10 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     """
     log = prefect_logger()
     try:  # every problem of the spec, before anything runs; a user error, so no traceback
+        # the scheduler this run will use is the one checked: the argument wins over the spec's
+        checked = [*(overrides or ()), *([f"sweep.dask_address={dask_address}"] if dask_address else [])]
         plan = preflight.check(config.input_source(spec, spec_file, keep_trial_id=False), globals_files or (),
-                               overrides or (), sweep=True, backend_check=backends.problems)
+                               checked, sweep=True, backend_check=backends.problems)
         base, expanded = plan.base, plan.trials
     except UserError as exc:
         log.error("%s", exc)
