@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gymflow import checks, yamlio
-from gymflow.errors import Problem, SpecError
+from gymflow.errors import Problem, SpecError, excerpt
 from gymflow.problems import problems_from
 from gymflow.spec import Spec
 from gymflow.variables import VAR_RE, WELL_KNOWN, substitute
@@ -88,7 +88,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise SpecError([Problem("--set", f"expected dotted.path=value, got {text!r} (for example --set budget.timesteps=50000)")])
+        raise SpecError([Problem("--set", f"expected dotted.path=value, got {excerpt(text)} (for example --set budget.timesteps=50000)")])
+    if key.count(".") >= yamlio.MAX_DEPTH:
+        raise SpecError([Problem("--set", f"the path {excerpt(key)} is more than {yamlio.MAX_DEPTH} levels deep; a spec needs a handful")])
     value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
     return key.split("."), value
 

@@ -298,3 +298,8 @@ def test_command_line_overrides_are_checked_like_the_file(sets: list[str], messa
         pytest.skip("this machine has an NVIDIA GPU")
     args = [a for s in sets for a in ("--set", s)]
     assert message in refuse(_spec(tmp_path, _sweepable()), *args)
+
+
+def test_an_override_path_deeper_than_any_spec_is_refused(refuse: Any, tmp_path: Path) -> None:
+    message = refuse(_spec(tmp_path, _sweepable()), "--set", "a." * 20_000 + "b=1")
+    assert "--set: the path 'a.a.a.a" in message and "is more than 64 levels deep" in message and len(message) < 500
