@@ -52,7 +52,7 @@ def _versions() -> str:
 
 
 def _cache_file() -> Path:
-    from gymflow.server import cache_dir
+    from gymflow.paths import cache_dir
 
     return cache_dir() / f"builds-{hashlib.sha256(_versions().encode()).hexdigest()[:16]}.json"
 

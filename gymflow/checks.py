@@ -86,7 +86,7 @@ def _cache_file() -> Path:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
-    from gymflow.server import cache_dir
+    from gymflow.paths import cache_dir
 
     key = hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / f"algorithms-{key}.json"

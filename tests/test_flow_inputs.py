@@ -95,7 +95,7 @@ def test_an_invalid_automation_names_it_and_the_field(cli: Any, tmp_path: Path) 
 
 
 def test_the_shipped_automations_are_valid_prefect_automations() -> None:
-    from gymflow import alerts
+    from gymflow.cli import alerts
 
     items = alerts.load(alerts.default_file())
     assert [i["name"] for i in items] == ["gymflow: trial or sweep failed", "gymflow: trial or sweep crashed",

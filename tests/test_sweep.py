@@ -82,7 +82,7 @@ SMALL = {"env": {"id": "CartPole-v1", "n_envs": 2}, "budget": {"timesteps": 512}
 def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from gymflow import pipeline
+    from gymflow.cli import pipeline
     from rich.console import Console
 
     spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
@@ -114,7 +114,7 @@ def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_f
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import backends
     from backends.local import _starting
-    from gymflow import pipeline
+    from gymflow.cli import pipeline
     from gymflow.procs import pid_alive
     from gymflow.sweep import DASK_ADDRESS_ENV, for_local_slots
 
@@ -218,7 +218,7 @@ def test_a_failing_trial_does_not_stop_the_others_and_a_rerun_completes_only_wha
 def test_sweep_on_an_existing_dask_cluster_spreads_trials_over_its_workers(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from gymflow import pipeline
+    from gymflow.cli import pipeline
 
     port = free_port()
     env = {**os.environ}

@@ -26,7 +26,7 @@ BLOCK_HINT = ("pass --webhook URL (gymflow saves it as a block), or --block TYPE
 
 def default_file() -> Path:
     """deployments/automations.yaml of this checkout."""
-    return Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"
+    return Path(__file__).resolve().parents[2] / "deployments" / "automations.yaml"
 
 
 @dataclass(frozen=True)

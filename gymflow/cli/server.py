@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gymflow.errors import GymflowError
+from gymflow.paths import home
 from gymflow.procs import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ DEFAULT_PORT = 4200
 START_TIMEOUT_S = 90.0
 
 
-def home() -> Path:
-    return Path(os.environ.get("GYMFLOW_HOME", Path.home() / ".gymflow"))
-
-
-def cache_dir() -> Path:
-    """Where checks cache what they learnt (GYMFLOW_CACHE, default ~/.gymflow/cache); always safe to delete."""
-    return Path(os.environ.get("GYMFLOW_CACHE") or home() / "cache")
 
 
 @dataclass(frozen=True)

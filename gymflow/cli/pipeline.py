@@ -25,7 +25,7 @@ def run_trial(spec: Spec, console: Console) -> Any:
     """Run the trial flow against the configured, background or ephemeral Prefect API."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gymflow import server
+    from gymflow.cli import server
 
     api_url = server.ensure_api()
     console.print(f"trial [bold]{spec.trial_id}[/bold] → {spec.storage}", highlight=False)
@@ -87,7 +87,7 @@ def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides:
     never the per-process temporary one: Dask workers must all report to one server."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gymflow import server
+    from gymflow.cli import server
 
     api_url = server.ensure_api() or server.start().api_url
     with temporary_settings(updates={PREFECT_API_URL: api_url}):

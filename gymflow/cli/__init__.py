@@ -117,7 +117,7 @@ def validate(
 @app.command()
 def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
     """Run one trial through provision, setup, train, evaluate, store and teardown (a Prefect flow)."""
-    from gymflow import pipeline
+    from gymflow.cli import pipeline
 
     resolved = _plan(spec, globals_, set_).base
     result = pipeline.run_trial(resolved, err)
@@ -127,7 +127,7 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
 @app.command()
 def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
     """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
-    from gymflow import pipeline
+    from gymflow.cli import pipeline
 
     plan = _plan(spec, globals_, set_, sweep=True)  # every problem, exit 2, before anything runs
     base, trials = plan.base, plan.trials
@@ -152,7 +152,7 @@ app.add_typer(server_app, name="server")
 @server_app.command("start")
 def server_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
     """Start the background Prefect server (or report the running one)."""
-    from gymflow import server
+    from gymflow.cli import server
 
     info = server.start(port)
     out.print(f"Prefect server running at {info.url} (pid {info.pid}); UI: {info.url}, log: {info.log}")
@@ -161,7 +161,7 @@ def server_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] =
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the background Prefect server."""
-    from gymflow import server
+    from gymflow.cli import server
 
     out.print("stopped" if server.stop() else "no gymflow Prefect server was running")
 
@@ -169,7 +169,7 @@ def server_stop() -> None:
 @server_app.command("status")
 def server_status() -> None:
     """Whether the background Prefect server runs, and where."""
-    from gymflow import server
+    from gymflow.cli import server
 
     info = server.status()
     if info is None:
@@ -187,7 +187,7 @@ def _prefect_api() -> Any:
     """Prefect pointed at the configured server, else gymflow's background server (started if needed)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from gymflow import server
+    from gymflow.cli import server
 
     return temporary_settings(updates={PREFECT_API_URL: server.configured_api_url() or server.start().api_url})
 
@@ -199,7 +199,7 @@ def alerts_apply(
     file: AutomationsOpt = None,
 ) -> None:
     """Create or update the alert automations on the Prefect server, notifying through one block."""
-    from gymflow import alerts
+    from gymflow.cli import alerts
 
     path = file or alerts.default_file()
     items = alerts.load(path)
@@ -213,7 +213,7 @@ def alerts_apply(
 @alerts_app.command("remove")
 def alerts_remove(file: AutomationsOpt = None) -> None:
     """Delete the alert automations from the Prefect server."""
-    from gymflow import alerts
+    from gymflow.cli import alerts
 
     items = alerts.load(file or alerts.default_file())
     with _prefect_api():
