@@ -55,7 +55,7 @@ def _as_backend(obj: Any, name: str) -> type[Backend]:
 def resolve(kind: str) -> type[Backend]:
     """The backend class for a kind; SpecError naming the registered ones otherwise."""
     if ENTRY_POINT_RE.match(kind):
-        from gymflow.checks import import_object
+        from gymflow.imports import import_object
 
         try:
             return _as_backend(import_object(kind), kind)

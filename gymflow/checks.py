@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from gymflow import algorithms, hyperparams
 from gymflow.errors import Problem
+from gymflow.imports import import_object
 from gymflow.spec import ENTRY_POINT_RE, AlgorithmSpec, EnvSpec
 
 logger = logging.getLogger(__name__)
@@ -33,15 +34,6 @@ _M = TypeVar("_M", bound=BaseModel)
 _RESERVED = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model", "supported_action_spaces"}
 _ZOO_EXTRAS = {"noise_type", "noise_std"}
 _NOISE_ALGOS = {"td3", "ddpg", "sac", "tqc"}
-
-
-def import_object(path: str) -> Any:
-    """Import 'package.module:Attr'; ImportError/AttributeError propagate with their reason."""
-    module_name, _, attr = path.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _describe_import_error(path: str, exc: BaseException) -> str:

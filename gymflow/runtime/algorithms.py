@@ -106,7 +106,7 @@ def _extractor(name: str) -> type:
 
     if name in hyperparams.EXTRACTORS:
         return getattr(torch_layers, name)  # type: ignore[no-any-return]
-    from gymflow.checks import import_object
+    from gymflow.imports import import_object
 
     cls = import_object(name)
     if not (isinstance(cls, type) and issubclass(cls, torch_layers.BaseFeaturesExtractor)):

@@ -58,7 +58,7 @@ def _entry_point_id(env_id: str) -> str:
 
 def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False) -> gym.Env:
     """One env: made, scenario-randomised, monitored when asked, wrapped as the spec says."""
-    from gymflow.checks import import_object
+    from gymflow.imports import import_object
 
     env_id = _entry_point_id(spec.id) if ENTRY_POINT_RE.match(spec.id) else spec.id
     make_kwargs: dict[str, Any] = dict(spec.kwargs)
