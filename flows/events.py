@@ -72,13 +72,13 @@ def _emit(kind: str, key: str, flow_run: Any, state: Any, result: Any, payload: 
 def trial_finished(flow: Any, flow_run: Any, state: Any) -> None:
     """on_completion/on_failure hook of the trial flow. Never raises: an alert must not fail a trial."""
     try:
-        from tasks.context import TrialResult
+        from gymflow.results import TrialOutcome
 
         result = _result(state)
         experiment, trial_id = _identity(flow_run.parameters)
         payload: dict[str, Any] = {"experiment": experiment, "trial_id": trial_id, "mean_reward": None,
                                    "std_reward": None, "timesteps": None, "run_uri": None, "error": None}
-        if isinstance(result, TrialResult):
+        if isinstance(result, TrialOutcome):
             payload.update(experiment=result.experiment, trial_id=result.trial_id, mean_reward=result.mean_reward,
                            std_reward=result.std_reward, timesteps=result.timesteps, run_uri=result.run_uri)
         _emit("trial", payload["trial_id"] or str(flow_run.id), flow_run, state, result, payload)

@@ -21,11 +21,12 @@ import backends
 from flows import events, returned
 from gymflow import compare, config, preflight
 from gymflow.errors import MissingExtraError, UserError
+from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
 from gymflow.sweep import finished_report, for_local_slots, pin_for_workers, slots
 from gymflow.sweep import dask_address as resolve_address
 from gymflow.tracking import Tracker, absolute_uri
-from tasks.context import TrialResult, prefect_logger
+from tasks.context import prefect_logger
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ LOCAL_CLUSTER_CONFIG = {
 
 class SweepResult(BaseModel):
     name: str
-    rows: list[compare.TrialRow]
+    rows: list[TrialOutcome]
     configs: list[compare.ConfigSummary]
     best: str | None = None
     failed: int = 0
@@ -54,7 +55,7 @@ class SweepResult(BaseModel):
 
 
 @task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{spec.trial_id}")
-def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bool = False) -> TrialResult:
+def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bool = False) -> TrialOutcome:
     """One trial flow on a Dask worker. Never raises: a failed trial is a result, not a stop.
 
     A trial flow that runs in the sweep's own process lives exactly as long as the sweep flow, whose heartbeats
@@ -68,23 +69,23 @@ def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bo
     with temporary_settings(updates=quiet):
         state = trial(spec, parent_run_id=parent_run_id, return_state=True)
     result = returned.result_of(state)
-    if isinstance(result, TrialResult):
+    if isinstance(result, TrialOutcome):
         return result
     outcome = "cancelled" if state.is_cancelled() else "failed"
     error = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else (state.message or outcome)
-    return TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome, run_uri=spec.storage, error=error)
+    return TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome, run_uri=spec.storage, error=error)
 
 
 def sweep_id(trials: list[Spec]) -> str:
     return hashlib.sha256(",".join(sorted(t.trial_id or "" for t in trials)).encode()).hexdigest()[:12]
 
 
-def _finished_earlier(spec: Spec) -> TrialResult | None:
+def _finished_earlier(spec: Spec) -> TrialOutcome | None:
     """The result of a trial whose run dir holds a completed evaluation."""
     report = finished_report(spec)
     if report is None:
         return None
-    return TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed",
+    return TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed",
                        mean_reward=report.mean_reward, std_reward=report.std_reward, timesteps=report.timesteps,
                        run_uri=spec.storage)
 
@@ -169,7 +170,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
     name = base.name
     max_parallel = max_parallel or sweep_spec.max_parallel
-    results: dict[str, TrialResult] = {}
+    results: dict[str, TrialOutcome] = {}
     todo = []
     for trial_spec in expanded:
         earlier = _finished_earlier(trial_spec)
@@ -218,9 +219,9 @@ def _releasing_idle_workers(backend: backends.Backend | None) -> Iterator[None]:
 
 
 def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int,
-             in_process: bool) -> dict[str, TrialResult]:
+             in_process: bool) -> dict[str, TrialOutcome]:
     """Submit at most `limit` trials at a time, under the sweep's MLflow run; collect every result, whatever happens to each."""
-    results: dict[str, TrialResult] = {}
+    results: dict[str, TrialOutcome] = {}
     pending = list(todo)
     with task_runner:
         parent = tracked.result()[1]
@@ -235,12 +236,12 @@ def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner
             try:
                 results[spec.trial_id or ""] = done.result()
             except BaseException as exc:  # noqa: BLE001 - a lost Dask worker fails one trial, not the sweep
-                results[spec.trial_id or ""] = TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment,
+                results[spec.trial_id or ""] = TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment,
                                                            outcome="failed", run_uri=spec.storage, error=f"{type(exc).__name__}: {exc}")
     return results
 
 
-def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str, TrialResult], skipped: int,
+def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str, TrialOutcome], skipped: int,
              tracker: Tracker, parent: str) -> SweepResult:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -249,11 +250,10 @@ def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str
     rows = []
     for spec in trials:
         r = results[spec.trial_id or ""]
-        rows.append(compare.TrialRow(trial_id=r.trial_id, config=varied_values(spec, varied), seed=spec.seed, status=r.outcome,
-                                     mean_reward=r.mean_reward, std_reward=r.std_reward, timesteps=r.timesteps,
-                                     duration_s=r.duration_s, run_uri=r.run_uri or spec.storage, error=r.error))
+        rows.append(r.model_copy(update={"config": varied_values(spec, varied), "seed": spec.seed,
+                                         "run_uri": r.run_uri or spec.storage}))
     configs = compare.summarise(rows)
-    failed = sum(r.status != "completed" for r in rows)
+    failed = sum(r.outcome != "completed" for r in rows)
     folder = Path(os.path.commonpath([Path(s.storage).resolve() for s in trials]))
     plot = compare.plot_curves(rows, f"sweep {name}: evaluation reward by configuration", folder / f"sweep-{name}.png")
     tracker.client.log_artifact(parent, str(plot))
@@ -274,13 +274,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:80] or "sweep"
 
 
-def _summary_markdown(name: str, configs: list[compare.ConfigSummary], rows: list[compare.TrialRow], failed: int) -> str:
+def _summary_markdown(name: str, configs: list[compare.ConfigSummary], rows: list[TrialOutcome], failed: int) -> str:
     lines = [f"# Sweep `{name}`", "", f"{len(rows)} trials, {failed} failed.", "",
              "| configuration | mean reward over seeds | seeds | failed |", "| --- | --- | --- | --- |"]
     lines += [f"| {c.config} | {c.mean_reward:.2f} ± {c.std_over_seeds:.2f} | {c.seeds} | {c.failed} |" for c in configs]
     if configs:
         lines += ["", f"**Best configuration:** {configs[0].config}"]
     for row in rows:
-        if row.status != "completed":
-            lines.append(f"- trial `{row.trial_id}` {row.status}: {row.error}")
+        if row.outcome != "completed":
+            lines.append(f"- trial `{row.trial_id}` {row.outcome}: {row.error}")
     return "\n".join(lines) + "\n"

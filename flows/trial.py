@@ -16,9 +16,10 @@ import backends
 from flows import events, returned
 from gymflow import config, preflight
 from gymflow.errors import UserError
+from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
 from tasks import phases
-from tasks.context import TrialCancelled, TrialResult, prefect_logger
+from tasks.context import TrialCancelled, prefect_logger
 from tasks.report import trial_markdown
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _record_failure(spec: Spec, ctx: Any, run_uri: str, started: float, outcome:
 
         if ctx is not None:
             Tracker(ctx.tracking_uri).finish(ctx.mlflow_run_id, "KILLED" if outcome == "cancelled" else "FAILED")
-        result = TrialResult(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome,
+        result = TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome,
                              duration_s=round(time.time() - started, 1), mlflow_run_id=ctx.mlflow_run_id if ctx else None,
                              run_uri=run_uri, error=error)
         create_markdown_artifact(trial_markdown(spec, result), description=f"trial {spec.trial_id}")

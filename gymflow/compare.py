@@ -12,29 +12,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from gymflow.results import EVAL_METRICS
+from gymflow.results import EVAL_METRICS, TrialOutcome
 from gymflow.storage import open_run
 
 logger = logging.getLogger(__name__)
-
-
-class TrialRow(BaseModel):
-    """One trial in the comparison."""
-
-    trial_id: str
-    config: dict[str, Any]
-    seed: int
-    status: str
-    mean_reward: float | None = None
-    std_reward: float | None = None
-    timesteps: int = 0
-    duration_s: float = 0.0
-    run_uri: str = ""
-    error: str | None = None
-
-    @property
-    def config_key(self) -> str:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.config.items()) or "base"
 
 
 class ConfigSummary(BaseModel):
@@ -47,29 +28,29 @@ class ConfigSummary(BaseModel):
     failed: int
 
 
-def summarise(rows: list[TrialRow]) -> list[ConfigSummary]:
+def summarise(rows: list[TrialOutcome]) -> list[ConfigSummary]:
     """Configurations, best first."""
-    groups: dict[str, list[TrialRow]] = defaultdict(list)
+    groups: dict[str, list[TrialOutcome]] = defaultdict(list)
     for row in rows:
         groups[row.config_key].append(row)
     out = []
     for key, members in groups.items():
-        rewards = [m.mean_reward for m in members if m.status == "completed" and m.mean_reward is not None]
+        rewards = [m.mean_reward for m in members if m.outcome == "completed" and m.mean_reward is not None]
         if not rewards:
             continue
         out.append(ConfigSummary(config=key, mean_reward=float(np.mean(rewards)), std_over_seeds=float(np.std(rewards)),
-                                 seeds=len(rewards), failed=sum(m.status != "completed" for m in members)))
+                                 seeds=len(rewards), failed=sum(m.outcome != "completed" for m in members)))
     return sorted(out, key=lambda c: -c.mean_reward)
 
 
-def table(rows: list[TrialRow]) -> list[dict[str, Any]]:
+def table(rows: list[TrialOutcome]) -> list[dict[str, Any]]:
     """Rows for a Prefect table artifact."""
     out = []
     for row in rows:
         reward = f"{row.mean_reward:.2f} ± {row.std_reward:.2f}" if row.mean_reward is not None else "–"
         out.append({"trial": row.trial_id, **{k: json.dumps(v) if not isinstance(v, (int, float, str)) else v for k, v in row.config.items()},
                     "seed": row.seed, "mean reward": reward, "timesteps": row.timesteps,
-                    "duration (s)": round(row.duration_s, 1), "status": row.status + (f": {row.error}" if row.error else "")})
+                    "duration (s)": round(row.duration_s, 1), "status": row.outcome + (f": {row.error}" if row.error else "")})
     return out
 
 
@@ -86,7 +67,7 @@ def _eval_curve(run_uri: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
 
 
-def plot_curves(rows: list[TrialRow], title: str, out: Path) -> Path:
+def plot_curves(rows: list[TrialOutcome], title: str, out: Path) -> Path:
     """Evaluation reward over timesteps: one line per configuration, mean ± std over its seeds."""
     import matplotlib
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,3 +74,26 @@ class EvalReport(BaseModel):
             timesteps=timesteps,
             episodes=[EpisodeResult(reward=float(r), length=int(n)) for r, n in zip(rewards, lengths)],
         )
+
+
+class TrialOutcome(BaseModel):
+    """How one trial ended: what the trial flow returns, the CLI prints, and a sweep compares."""
+
+    trial_id: str
+    experiment: str
+    outcome: Literal["completed", "failed", "cancelled"]
+    mean_reward: float | None = None
+    std_reward: float | None = None
+    timesteps: int = 0
+    duration_s: float = 0.0
+    mlflow_run_id: str | None = None
+    mlflow_location: str | None = None
+    run_uri: str = ""
+    flow_run_id: str | None = None
+    error: str | None = None
+    seed: int | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="The swept values of this trial (in a sweep).")
+
+    @property
+    def config_key(self) -> str:
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.config.items()) or "base"

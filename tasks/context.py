@@ -20,23 +20,6 @@ class TrialContext(BaseModel):
     started_at: float = Field(default_factory=time.time)
 
 
-class TrialResult(BaseModel):
-    """What a trial flow returns and the CLI prints."""
-
-    trial_id: str
-    experiment: str
-    outcome: str
-    mean_reward: float | None = None
-    std_reward: float | None = None
-    timesteps: int = 0
-    duration_s: float = 0.0
-    mlflow_run_id: str | None = None
-    mlflow_location: str | None = None
-    run_uri: str = ""
-    flow_run_id: str | None = None
-    error: str | None = None
-
-
 class TrialCancelled(Exception):
     """The flow run was cancelled while a worker phase ran; the worker has been stopped."""
 

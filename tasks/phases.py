@@ -8,11 +8,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from backends.base import Backend, Handle
-from gymflow.results import EvalReport
+from gymflow.results import EvalReport, TrialOutcome
 from gymflow.runtime.status import library_versions
 from gymflow.spec import Spec
 from gymflow.tracking import Tracker, git_commit
-from tasks.context import TrialContext, TrialResult, current_flow_run_id, prefect_logger
+from tasks.context import TrialContext, current_flow_run_id, prefect_logger
 from tasks.follow import run_phase
 from tasks.retry import RETRY_DELAYS, retry_if_transient
 from tasks.report import trial_markdown
@@ -64,7 +64,7 @@ def evaluate(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) ->
 
 @task(name="store", task_run_name="store", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, report: EvalReport, timesteps: int) -> TrialResult:
+def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, report: EvalReport, timesteps: int) -> TrialOutcome:
     """Record the trial: MLflow evaluation metrics, artifacts and status; a Prefect summary artifact."""
     from prefect.artifacts import create_markdown_artifact
 
@@ -72,7 +72,7 @@ def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, repor
     tracker.log_eval(ctx.mlflow_run_id, report)
     logged = tracker.log_artifacts(ctx.mlflow_run_id, backend.store(handle))
     tracker.finish(ctx.mlflow_run_id, "FINISHED")
-    result = TrialResult(
+    result = TrialOutcome(
         trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed", mean_reward=report.mean_reward,
         std_reward=report.std_reward, timesteps=timesteps, duration_s=round(time.time() - ctx.started_at, 1),
         mlflow_run_id=ctx.mlflow_run_id, mlflow_location=tracker.run_url(ctx.mlflow_run_id, spec.experiment),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from gymflow.spec import Spec
-from tasks.context import TrialResult
+from gymflow.results import TrialOutcome
 
 
-def trial_markdown(spec: Spec, result: TrialResult, artifacts: list[str] | None = None) -> str:
+def trial_markdown(spec: Spec, result: TrialOutcome, artifacts: list[str] | None = None) -> str:
     """Outcome, mean reward ± std, timesteps, duration, MLflow run, run dir."""
     reward = f"{result.mean_reward:.2f} ± {result.std_reward:.2f}" if result.mean_reward is not None else "–"
     lines = [

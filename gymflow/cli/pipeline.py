@@ -48,9 +48,9 @@ def run_trial(spec: Spec, console: Console) -> Any:
 
 
 def _summary(state: Any, result: Any, console: Console) -> None:
-    from tasks.context import TrialResult
+    from gymflow.results import TrialOutcome
 
-    if isinstance(result, TrialResult):
+    if isinstance(result, TrialOutcome):
         console.print(f"MLflow: {result.mlflow_location}", highlight=False)
         console.print(f"run dir: {result.run_uri}", highlight=False)
         console.print(f"[bold green]completed[/bold green]: mean evaluation reward {result.mean_reward:.2f} ± "
@@ -111,7 +111,7 @@ def print_sweep(result: Any, console: Console) -> None:
     table = Table("trial", "configuration", "seed", "mean reward", "timesteps", "status")
     for row in result.rows:
         reward = f"{row.mean_reward:.2f} ± {row.std_reward:.2f}" if row.mean_reward is not None else "–"
-        table.add_row(row.trial_id, row.config_key, str(row.seed), reward, str(row.timesteps), row.status)
+        table.add_row(row.trial_id, row.config_key, str(row.seed), reward, str(row.timesteps), row.outcome)
     console.print(table)
     for c in result.configs:
         console.print(f"  {c.config}: {c.mean_reward:.2f} ± {c.std_over_seeds:.2f} over {c.seeds} seed(s)", highlight=False)
@@ -120,6 +120,6 @@ def print_sweep(result: Any, console: Console) -> None:
     if result.skipped:
         console.print(f"{result.skipped} trial(s) had finished earlier and were not run again")
     for row in result.rows:
-        if row.status != "completed":
-            console.print(f"[bold red]{row.status}[/bold red] {row.trial_id}: {row.error}", highlight=False)
+        if row.outcome != "completed":
+            console.print(f"[bold red]{row.outcome}[/bold red] {row.trial_id}: {row.error}", highlight=False)
     console.print(f"comparison plot: {result.plot} (also in MLflow run {result.mlflow_parent_run_id})", highlight=False)
