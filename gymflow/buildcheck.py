@@ -52,9 +52,16 @@ def _versions() -> str:
 
 
 def _cache_file() -> Path:
+    """Keyed by the installed versions and by the probe's own code, so an improved check is never answered from
+    what an older one found."""
+    from importlib.util import find_spec
+
     from gymflow.paths import cache_dir
 
-    return cache_dir() / f"builds-{hashlib.sha256(_versions().encode()).hexdigest()[:16]}.json"
+    spec = find_spec("gymflow.runtime.probe")
+    probe = Path(spec.origin).read_bytes() if spec is not None and spec.origin else b""
+    key = hashlib.sha256(_versions().encode() + probe).hexdigest()[:16]
+    return cache_dir() / f"builds-{key}.json"
 
 
 def _key(item: dict[str, Any]) -> str:

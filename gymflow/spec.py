@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gymflow import algorithms, hyperparams
@@ -21,6 +21,19 @@ DEFAULT_STORAGE = "./runs/${experiment}/${trial_id}"
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`seed: true` is a mistake, not 1: pydantic's lax mode would read a boolean as a number."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in _NUMBERS:
+                raise PydanticCustomError("bool_for_number", "must be a number, got {value}", {"value": str(value).lower()})
+        return value
+
+
+_NUMBERS = (int, float, int | None, float | None)
 
 
 class WrapperSpec(_Model):

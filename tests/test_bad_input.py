@@ -192,6 +192,9 @@ def test_validate_checks_the_sweep_section_and_every_trial_it_expands_to(sweep: 
     ({"policy_kwargs": {"features_extractor_class": "os:system"}},
      "algorithm.hyperparams.policy_kwargs.features_extractor_class: PPO refuses this configuration: TypeError: "
      "features_extractor_class 'os:system' is not a BaseFeaturesExtractor subclass"),
+    ({"gamma": "high"}, "algorithm.hyperparams.gamma: must be a number (default 0.99), got 'high'"),
+    ({"n_steps": 12.5}, "algorithm.hyperparams.n_steps: must be an integer (default 2048), got 12.5"),
+    ({"use_sde": "sometimes"}, "algorithm.hyperparams.use_sde: must be true or false, got 'sometimes'"),
 ])
 def test_values_the_algorithm_rejects_are_found_by_building_it_once(hyperparams: dict[str, Any], message: str,
                                                                    refuse: Any, tmp_path: Path) -> None:
@@ -303,3 +306,13 @@ def test_command_line_overrides_are_checked_like_the_file(sets: list[str], messa
 def test_an_override_path_deeper_than_any_spec_is_refused(refuse: Any, tmp_path: Path) -> None:
     message = refuse(_spec(tmp_path, _sweepable()), "--set", "a." * 20_000 + "b=1")
     assert "--set: the path 'a.a.a.a" in message and "is more than 64 levels deep" in message and len(message) < 500
+
+
+def test_an_env_that_builds_but_cannot_step_is_found_by_the_build_check(refuse: Any, tmp_path: Path) -> None:
+    spec = _sweepable(env={"id": "sim_envs:ExplodingEnv", "n_envs": 2, "kwargs": {"fail_after": 0}})
+    message = refuse(_spec(tmp_path, spec), limit_s=30)
+    assert "env: the env could not be created and stepped: RuntimeError: simulator diverged" in message
+
+
+def test_a_boolean_is_not_a_number(refuse: Any, tmp_path: Path) -> None:
+    assert "seed: must be a number, got true" in refuse(_spec(tmp_path, _sweepable(seed=True)))

@@ -17,7 +17,9 @@ import sys
 import warnings
 from typing import Any
 
-from gymflow.errors import Problem, clip
+import numpy as np
+
+from gymflow.errors import Problem, clip, excerpt
 from gymflow.spec import AlgorithmSpec, EnvSpec
 
 
@@ -38,16 +40,46 @@ def field_of(message: str, algo: AlgorithmSpec) -> str:
     return "algorithm.hyperparams" if algo.hyperparams else "algorithm"
 
 
+_PARSED = {"train_freq", "policy_kwargs", "noise_type", "noise_std", "replay_buffer_kwargs"}
+
+
+def value_types(algo: AlgorithmSpec) -> list[Problem]:
+    """A hyperparameter whose constructor default is a number or a flag must be one: the constructor stores
+    `gamma: high` without a word, and training fails on it later."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(algo.info.load().__init__).parameters.items()}
+    problems = []
+    for key, value in algo.hyperparams.items():
+        default = defaults.get(key, inspect.Parameter.empty)
+        if key in _PARSED or key in algo.info.schedule_keys:
+            continue
+        if isinstance(default, bool) and not isinstance(value, bool):
+            problems.append(Problem(f"algorithm.hyperparams.{key}", f"must be true or false, got {excerpt(value)}"))
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(Problem(f"algorithm.hyperparams.{key}",
+                                    f"must be a number (default {default!r}), got {excerpt(value)}"))
+        elif isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+                and not value.is_integer():
+            problems.append(Problem(f"algorithm.hyperparams.{key}", f"must be an integer (default {default}), got {value}"))
+    return problems
+
+
 def probe(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
     """Problems building `algo` on `env` (an empty list when it builds)."""
+    wrong = value_types(algo)
+    if wrong:
+        return wrong
     from gymflow.runtime.algorithms import build_model
     from gymflow.runtime.envs import build_vec_env
 
-    gamma = float(algo.hyperparams.get("gamma", 0.99))
     try:
-        venv = build_vec_env(env.model_copy(update={"vectorization": "dummy"}), 0, env.n_envs, training=True, gamma=gamma)
+        venv = build_vec_env(env.model_copy(update={"vectorization": "dummy"}), 0, env.n_envs, training=True, gamma=0.99)
+        venv.reset()  # and one step: an env that builds but cannot run (a render mode, a kwarg used late) fails here
+        venv.step(np.array([venv.action_space.sample() for _ in range(venv.num_envs)]))
     except Exception as exc:  # noqa: BLE001 - whatever the simulator raised is the user's to see
-        return [Problem("env", f"the env could not be created: {type(exc).__name__}: {clip(str(exc))}. "
+        return [Problem("env", f"the env could not be created and stepped: {type(exc).__name__}: {clip(str(exc))}. "
                                "Check env.id, env.kwargs and env.wrappers")]
     try:
         with warnings.catch_warnings():
