@@ -61,6 +61,18 @@ class WorkerState(BaseModel):
     detail: str = ""
 
 
+class Timing(BaseModel):
+    """How the train and evaluate tasks follow a worker on this backend."""
+
+    model_config = ConfigDict(frozen=True)
+
+    poll_s: float = Field(1.0, gt=0, description="How often the worker's state is asked for.")
+    startup_grace_s: float = Field(600.0, gt=0, description="How long a launched worker may take to write its first "
+                                   "status (a VM boots, a job queues) before it is presumed lost.")
+    heartbeat_timeout_s: float = Field(300.0, gt=0, description="How long a worker's heartbeat may stand still "
+                                       "(measured on the orchestrator's clock) before it is presumed lost.")
+
+
 class Backend(ABC):
     """Base class of every backend. Subclasses set ``name``/``features`` and implement the hooks."""
 
@@ -126,6 +138,18 @@ class Backend(ABC):
     def store(self, handle: Handle) -> RunStore:
         """The trial's run directory."""
         return open_run(handle.run_uri)
+
+    def timing(self) -> Timing:
+        """Poll interval, start-up grace and heartbeat timeout: the settings' fields of those names where they
+        have them, else the backend's defaults (``default_timing``)."""
+        values = {name: getattr(self.settings, name) for name in Timing.model_fields if hasattr(self.settings, name)}
+        return self.default_timing.model_copy(update={k: float(v) for k, v in values.items() if v is not None})
+
+    default_timing: ClassVar[Timing] = Timing()
+
+    def output_hint(self, handle: Handle, phase: Phase) -> str:
+        """Where to look when a worker phase ended without a word: a file in the run dir, whatever the store."""
+        return f"{handle.run_uri.rstrip('/')}/worker.log"
 
     # -- many trials from one process (sweeps) ---------------------------------------
     def prestart(self, count: int) -> int:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.base import Backend, BackendError, Features, Handle, Phase, WorkerState
+from backends.base import Backend, BackendError, Features, Handle, Phase, Timing, WorkerState
 from gymflow.errors import Problem
 from gymflow import pool
 from gymflow.procs import pid_alive
@@ -61,6 +61,11 @@ class LocalBackend(Backend):
     name: ClassVar[str] = "local"
     features: ClassVar[Features] = Features(gpu=True, spot=False, time_limit=False)
     Settings = LocalBackendSpec
+    # the end of a phase is noticed within a quarter second; a process starts in seconds
+    default_timing: ClassVar[Timing] = Timing(poll_s=0.25, startup_grace_s=120.0, heartbeat_timeout_s=120.0)
+
+    def output_hint(self, handle: Handle, phase: Phase) -> str:
+        return str(Path(handle.run_uri) / f"worker-{phase}.out")
 
     def _check(self, spec: Spec) -> list[Problem]:
         problems = []

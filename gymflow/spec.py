@@ -242,7 +242,10 @@ class LocalBackendSpec(_Model):
     """Run the worker as a subprocess on this machine."""
 
     kind: Literal["local"] = Field("local", description="local: a subprocess on this machine.")
-    heartbeat_timeout_s: float = Field(120.0, gt=0, description="Fail the trial when the worker's heartbeat is older than this.")
+    heartbeat_timeout_s: float = Field(120.0, gt=0, description="Fail the trial when the worker's heartbeat has not "
+                                       "advanced for this long (measured on the orchestrator's clock).")
+    startup_grace_s: float = Field(120.0, gt=0, description="How long a launched worker may take to write its first "
+                                   "status before it is presumed lost.")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads torch may use in the worker; default: all "
                                       "cores. A sweep sets cores / trials at once, so parallel trials do not oversubscribe the CPU.")
     warm_evaluate_s: float = Field(60.0, ge=0, description="After training, the worker waits up to this long to run the "

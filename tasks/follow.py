@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from backends.base import Backend, Handle, Phase
+from backends.base import Backend, Handle, Phase, Timing
 from gymflow.errors import WorkerError
 from gymflow.follow import RunFollower
 from gymflow.results import Status
@@ -15,14 +15,43 @@ from gymflow.spec import Spec
 from gymflow.tracking import Tracker
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
-POLL_S = 0.25  # how soon the end of a phase is noticed
 FORWARD_S = 5.0  # how often new metrics, log lines and progress go to MLflow and Prefect
 CANCEL_CHECK_S = 3.0
-DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
 
 
-def heartbeat_timeout(spec: Spec) -> float:
-    return float(getattr(spec.backend, "heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S))
+class _Heartbeat:
+    """Whether a worker lives, judged only on this machine's clock: the worker's heartbeat must *advance*
+    within timing.heartbeat_timeout_s, and its first status of this launch must come within the start-up
+    grace. The worker's own timestamps are compared for equality only, never with our clock."""
+
+    def __init__(self, timing: Timing, phase: Phase, before: Status | None) -> None:
+        self.timing, self.phase, self.before = timing, phase, before
+        self.launched = time.monotonic()
+        self.last_beat: tuple[Any, ...] | None = None
+        self.last_change = self.launched
+
+    def fresh(self, status: Status | None) -> Status | None:
+        """The status only if this launch of this phase wrote it: not what was there before the launch."""
+        if status is None or status.phase != self.phase:
+            return None
+        before = self.before
+        if before is not None and before.phase == self.phase and before.started_at == status.started_at:
+            return None
+        return status
+
+    def check(self, status: Status | None) -> None:
+        now = time.monotonic()
+        if status is None:
+            if now - self.launched > self.timing.startup_grace_s:
+                raise WorkerError(f"the {self.phase} worker wrote no status within {self.timing.startup_grace_s:.0f} s of "
+                                  "its launch (the backend's start-up grace); it is presumed lost")
+            return
+        beat = (status.heartbeat_at, status.timesteps, status.episodes, status.state)
+        if beat != self.last_beat:
+            self.last_beat, self.last_change = beat, now
+        elif now - self.last_change > self.timing.heartbeat_timeout_s:
+            raise WorkerError(f"the {self.phase} worker's heartbeat has not advanced for {now - self.last_change:.0f} s "
+                              f"(limit {self.timing.heartbeat_timeout_s:.0f} s); it is presumed lost")
 
 
 class _Progress:
@@ -55,10 +84,10 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     follower = RunFollower(backend.store(handle))
     follower.skip_existing()
     progress = _Progress(spec, phase)
-    launched = time.time()
+    timing = backend.timing()
+    heartbeat = _Heartbeat(timing, phase, follower.status())
     backend.launch(handle, phase)
     last_cancel_check = time.monotonic()
-    timeout = heartbeat_timeout(spec)
     status: Status | None = None
     next_forward = 0.0
     try:
@@ -68,25 +97,18 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
                 status = _forward(follower, tracker, ctx, progress, log) or status
                 break
             if time.monotonic() >= next_forward:  # batched: each MLflow write and Prefect update takes CPU from training
-                next_forward = time.monotonic() + FORWARD_S
+                next_forward = time.monotonic() + max(FORWARD_S, timing.poll_s)
                 status = _forward(follower, tracker, ctx, progress, log) or status
-                _check_heartbeat(_fresh(status, phase, launched), launched, timeout, phase)
+                heartbeat.check(heartbeat.fresh(status))
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
                 last_cancel_check = time.monotonic()
                 if cancel_requested(ctx.flow_run_id):
                     raise TrialCancelled(f"trial {spec.trial_id} cancelled during {phase}")
-            time.sleep(POLL_S)
+            time.sleep(timing.poll_s)
     except BaseException:
         backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
         raise
-    return _outcome(_fresh(status, phase, launched), state.exit_code, phase)
-
-
-def _fresh(status: Status | None, phase: Phase, launched: float) -> Status | None:
-    """The status only if this launch of this phase wrote it (not a previous phase or run)."""
-    if status is None or status.phase != phase or (status.started_at or 0) < launched - 1:
-        return None
-    return status
+    return _outcome(heartbeat.fresh(status), state.exit_code, phase, backend.output_hint(handle, phase))
 
 
 def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progress: _Progress, log: Any) -> Status | None:
@@ -113,16 +135,9 @@ def _relay(log: Any, line: str) -> None:
         log.info("worker | %s", line)
 
 
-def _check_heartbeat(status: Status | None, launched: float, timeout: float, phase: Phase) -> None:
-    now = time.time()
-    last = status.heartbeat_at if status is not None and status.heartbeat_at is not None else launched
-    if now - last > timeout:
-        raise WorkerError(f"the {phase} worker's heartbeat stopped {now - last:.0f} s ago (limit {timeout:.0f} s); it is presumed lost")
-
-
-def _outcome(status: Status | None, exit_code: int | None, phase: Phase) -> Status:
+def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: str) -> Status:
     if status is None:
-        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see worker-{phase}.out")
+        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see {hint}")
     if status.state == "failed":
         raise WorkerError(f"the {phase} worker failed: {status.error}")
     if exit_code not in (0, None) or status.state != "completed":

@@ -19,9 +19,11 @@ class FaultySettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: str
-    fail_in: Literal["", "provision", "setup", "evaluate", "hang"] = ""
+    fail_in: Literal["", "provision", "setup", "evaluate", "hang", "stall", "slow"] = ""
     transient_failures: int = 0
     heartbeat_timeout_s: float = 120.0
+    startup_grace_s: float = 120.0
+    slow_start_s: float = 0.0
 
 
 class FaultyBackend(LocalBackend):
@@ -52,18 +54,33 @@ class FaultyBackend(LocalBackend):
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         if self.settings.fail_in == "evaluate" and phase == "evaluate":
             (Path(handle.run_uri) / "model.zip").unlink()  # the worker then fails for real
-        if self.settings.fail_in == "hang" and phase == "train":
-            self._stop(handle, "train")  # the worker started in setup is replaced by one that hangs
-            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "worker", handle.run_uri],
-                                    start_new_session=True)
-            _processes[proc.pid] = proc
-            (Path(handle.run_uri) / f"worker-{phase}.pid").write_text(str(proc.pid))
-            return {"pid": proc.pid}
+        if self.settings.fail_in in ("hang", "stall", "slow") and phase == "train":
+            self._stop(handle, "train")  # the worker started in setup is replaced by one that hangs, stalls or is slow
+            return self._replace(handle, phase, _REPLACEMENTS[self.settings.fail_in].format(
+                run=handle.run_uri, delay=self.settings.slow_start_s))
         return super()._launch(handle, phase)
+
+    def _replace(self, handle: Handle, phase: Phase, code: str) -> dict[str, Any]:
+        proc = subprocess.Popen([sys.executable, "-c", code, "worker", handle.run_uri], start_new_session=True)
+        _processes[proc.pid] = proc
+        (Path(handle.run_uri) / f"worker-{phase}.pid").write_text(str(proc.pid))
+        return {"pid": proc.pid}
 
     def _teardown(self, handle: Handle) -> None:
         super()._teardown(handle)
         _append(Path(handle.run_uri) / "teardown.jsonl", {"provisioned": handle.provisioned, "data": handle.data})
+
+
+_REPLACEMENTS = {
+    # writes nothing, ever
+    "hang": "import time; time.sleep(600)",
+    # writes one running status of the train phase, then its heartbeat stands still
+    "stall": ("import json, os, time; json.dump({{'state': 'running', 'phase': 'train', 'started_at': time.time(), "
+              "'heartbeat_at': time.time(), 'pid': os.getpid()}}, open({run!r} + '/status.json', 'w')); time.sleep(600)"),
+    # the real worker, after a slow start (a VM booting, a job queued)
+    "slow": ("import runpy, sys, time; time.sleep({delay}); sys.argv = ['gymflow', 'worker', 'train', {run!r}]; "
+             "runpy.run_module('gymflow', run_name='__main__')"),
+}
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -291,12 +291,41 @@ def test_config_error_in_provision_is_not_retried(tmp_path: Path, mlflow_uri: st
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_lost_heartbeat_fails_the_train_task_and_kills_the_worker(tmp_path: Path, mlflow_uri: str) -> None:
-    spec = _faulty(tmp_path, fail_in="hang", heartbeat_timeout_s=3)
+@pytest.mark.parametrize(("fault", "message"), [
+    ("hang", "the train worker wrote no status within 3 s of its launch (the backend's start-up grace); it is presumed lost"),
+    ("stall", "the train worker's heartbeat has not advanced for"),
+])
+def test_lost_heartbeat_fails_the_train_task_and_kills_the_worker(fault: str, message: str, tmp_path: Path,
+                                                                  mlflow_uri: str) -> None:
+    spec = _faulty(tmp_path, fail_in=fault, heartbeat_timeout_s=3, startup_grace_s=3)
     state = _run(spec)
     assert state.is_failed()
-    assert "heartbeat stopped" in str(state.result(raise_on_failure=False))
+    assert message in str(state.result(raise_on_failure=False))
     assert workers_gone(Path(spec.storage)) and _teardowns(Path(spec.storage)) == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_slow_start_within_the_grace_is_not_a_lost_heartbeat(tmp_path: Path, mlflow_uri: str) -> None:
+    """A worker may take longer to start than its heartbeat timeout (a VM boots for minutes): the backend's
+    start-up grace covers that, and only a heartbeat that stops advancing afterwards counts."""
+    spec = _faulty(tmp_path, fail_in="slow", slow_start_s=15, heartbeat_timeout_s=12, startup_grace_s=60)
+    state = _run(spec)
+    assert state.is_completed(), state.message
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_worker_whose_clock_is_hours_behind_is_followed_to_the_end(tmp_path: Path, mlflow_uri: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine's clock is never compared with ours: the worker's timestamps only have to change."""
+    skew = tmp_path / "skewed-clock"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text("import time\n_real = time.time\ntime.time = lambda: _real() - 7200.0\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(skew), os.environ.get("PYTHONPATH", "")]))
+    spec = _spec(tmp_path, backend={"kind": "local", "warm_evaluate_s": 0})
+    state = _run(spec)
+    assert state.is_completed(), state.message
+    status = json.loads((Path(spec.storage) / "status.json").read_text())
+    assert status["heartbeat_at"] < time.time() - 3600  # the worker really lived two hours ago
 
 
 @pytest.mark.usefixtures("prefect_server")
