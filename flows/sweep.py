@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from gymflow import compare, config, preflight
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
+from gymflow.storage import common_parent, open_run
 from gymflow.sweep import finished_report, for_local_slots, pin_for_workers, slots
 from gymflow.sweep import dask_address as resolve_address
 from gymflow.tracking import Tracker, absolute_uri
@@ -254,9 +254,13 @@ def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str
                                          "run_uri": r.run_uri or spec.storage}))
     configs = compare.summarise(rows)
     failed = sum(r.outcome != "completed" for r in rows)
-    folder = Path(os.path.commonpath([Path(s.storage).resolve() for s in trials]))
-    plot = compare.plot_curves(rows, f"sweep {name}: evaluation reward by configuration", folder / f"sweep-{name}.png")
-    tracker.client.log_artifact(parent, str(plot))
+    folder = common_parent([s.storage for s in trials])
+    store = open_run(folder)  # written through the store: the trials' run dirs may live in a bucket
+    plot_name = f"sweep-{name}.png"
+    store.write_bytes(plot_name, compare.plot_curves(rows, f"sweep {name}: evaluation reward by configuration"))
+    store.write_json(f"sweep-{name}.json", compare.table(rows))
+    tracker.client.log_artifact(parent, str(store.fetch(plot_name)))
+    plot = f"{folder.rstrip('/')}/{plot_name}"
     if configs:
         tracker.client.log_metric(parent, "best_mean_reward", configs[0].mean_reward)
     tracker.set_tags(parent, {"gymflow.best_config": configs[0].config if configs else "", "gymflow.failed_trials": str(failed)})

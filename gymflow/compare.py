@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -67,8 +68,8 @@ def _eval_curve(run_uri: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
 
 
-def plot_curves(rows: list[TrialOutcome], title: str, out: Path) -> Path:
-    """Evaluation reward over timesteps: one line per configuration, mean ± std over its seeds."""
+def plot_curves(rows: list[TrialOutcome], title: str) -> bytes:
+    """Evaluation reward over timesteps as a PNG: one line per configuration, mean ± std over its seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +96,7 @@ def plot_curves(rows: list[TrialOutcome], title: str, out: Path) -> Path:
     if groups:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    return out
+    return png.getvalue()

@@ -138,6 +138,24 @@ def local_path(uri: str) -> Path | None:
     return None
 
 
+def common_parent(uris: list[str]) -> str:
+    """The deepest folder that holds every one of the run dirs (local paths made absolute); where a sweep keeps
+    what it writes about all its trials."""
+    parts = []
+    for uri in uris:
+        path = local_path(uri)
+        parts.append(str(path.resolve()) if path is not None else uri.rstrip("/"))
+    split = [p.split("/") for p in parts]
+    common: list[str] = []
+    for pieces in zip(*split):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    if len(common) == len(split[0]) and len(split) == 1:
+        common = common[:-1]  # one trial: its parent folder
+    return "/".join(common) or "/"
+
+
 def open_run(uri: str) -> RunStore:
     """The RunStore for a run-dir URI."""
     path = local_path(uri)
