@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +88,7 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
 
     spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
                                   "max_parallel": 2}, **SMALL)
+    spec["name"] = f"parallel-{uuid.uuid4().hex[:8]}"  # its trial flow runs, and no other test's, are counted below
     base, _ = expand(spec)
     with _listening_sockets() as listening:
         state, result = pipeline.run_sweep(spec, [], [], Console(file=open(os.devnull, "w")))
@@ -173,8 +175,11 @@ def _max_concurrency(experiment: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["trial"])), limit=200)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:  # only this experiment's runs, however many the session made
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["trial"])),
+                                     flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"{experiment}-")), limit=200)
     spans = [(r.start_time, r.end_time) for r in runs if r.name.startswith(f"{experiment}-") and r.start_time and r.end_time]
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     running = peak = 0
