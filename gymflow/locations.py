@@ -30,10 +30,25 @@ def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
     path = local_path(uri)
     if path is None:
         scheme = urlparse(uri).scheme
-        if scheme in ("gs", "az"):
-            return [Problem(field, f"{scheme}:// run directories are not available in this version; use a local path")]
+        if scheme == "gs":
+            return _gcs_problems(uri, field)
+        if scheme == "az":
+            return [Problem(field, "az:// run directories are not available in this version; use a local path or gs://")]
         return [Problem(field, f"unknown scheme {scheme!r} in {excerpt(uri)}; use a local path, file://, gs:// or az://")]
     return folder_problems(path, field, "the run directory")
+
+
+def _gcs_problems(uri: str, field: str) -> list[Problem]:
+    """A gs:// location names a bucket and the SDK is installed (the bucket itself is provision's business)."""
+    from gymflow.errors import UserError
+    from gymflow.storage.gcs import _sdk, split
+
+    try:
+        _sdk()
+        split(uri)
+    except UserError as exc:
+        return [Problem(field, str(exc))]
+    return []
 
 
 def folder_problems(path: Path, field: str, what: str) -> list[Problem]:

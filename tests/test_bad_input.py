@@ -293,6 +293,7 @@ def test_keys_that_are_not_names_and_control_characters_are_refused(text: str, m
     (["sweep.dask_address=inproc://x"], "sweep.dask_address: cannot reach a Dask scheduler at 'inproc://x': use tcp://HOST:PORT"),
     (["storage=s3://bucket/runs"], "storage: unknown scheme 's3' in 's3://bucket/runs'; use a local path, file://, gs:// or az://"),
     (["env=[1, 2]"], "env: must be a mapping, got list [1, 2]"),
+    (["storage=gs://Bad_Bucket/runs"], "storage: 'gs://Bad_Bucket/runs': 'Bad_Bucket' is not a bucket name"),
     (["algorithm.hyperparams.policy_kwargs=__import__('os').system('touch pwned')"],
      "algorithm.hyperparams.policy_kwargs: cannot parse \"__import__('os').system('touch pwned')\" as a mapping"),
 ])

@@ -26,8 +26,9 @@ app.add_typer(worker_app, name="worker")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-SpecArg = Annotated[Path, typer.Argument(help="The experiment spec (YAML).", show_default=False, metavar="SPEC")]
-GlobalsOpt = Annotated[Optional[list[Path]], typer.Option("--globals", "-g", metavar="FILE",
+# str, not Path: a spec or globals file may be a URI (gs://bucket/spec.yaml), which a Path would mangle
+SpecArg = Annotated[str, typer.Argument(help="The experiment spec (YAML): a path or URI.", show_default=False, metavar="SPEC")]
+GlobalsOpt = Annotated[Optional[list[str]], typer.Option("--globals", "-g", metavar="FILE",
                                                           help="YAML file of variables and shared fields; repeatable.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="PATH=VALUE",
                                                      help="Override a field: dotted.path=value (YAML-typed); repeatable.")]
@@ -71,7 +72,7 @@ def _setup_logging(level: int = logging.WARNING) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
 
 
-def _plan(spec: Path, globals_: list[Path] | None, sets: list[str] | None, sweep: bool | None = None) -> Any:
+def _plan(spec: str, globals_: list[str] | None, sets: list[str] | None, sweep: bool | None = None) -> Any:
     """Everything run and sweep need, checked at once before anything exists (gymflow.preflight): exit 2 here."""
     import backends
     from gymflow import preflight

@@ -162,6 +162,10 @@ def open_run(uri: str) -> RunStore:
     if path is not None:
         return LocalRunStore(uri, path.resolve())
     scheme = urlparse(uri).scheme
-    if scheme in ("gs", "az"):
-        raise UserError(f"storage {uri!r}: {scheme}:// run directories are not available in this version; use a local path")
+    if scheme == "gs":
+        from gymflow.storage.gcs import GcsRunStore
+
+        return GcsRunStore(uri)
+    if scheme == "az":
+        raise UserError(f"storage {uri!r}: az:// run directories are not available in this version; use a local path or gs://")
     raise UserError(f"storage {uri!r}: unknown scheme {scheme!r}; use a local path, file://, gs:// or az://")

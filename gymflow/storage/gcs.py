@@ -1,0 +1,168 @@
+"""A run directory on Google Cloud Storage: ``gs://bucket/prefix``.
+
+The worker writes under ``workdir`` (a local mirror) and publishes files; readers read the
+bucket. Credentials come from Application Default Credentials; ``STORAGE_EMULATOR_HOST``
+points the client at an emulator. Transient errors (429, 5xx, timeouts, dropped
+connections) are retried with backoff by the client's retry policy, on every call,
+uploads included (each upload writes a whole object, so repeating one is harmless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
+from gymflow.paths import home
+from gymflow.storage import RunStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROJECT = "gymflow"  # only used where no project can be found (an emulator, anonymous access)
+
+
+def _sdk() -> tuple[Any, Any, Any]:
+    try:
+        from google.api_core import exceptions
+        from google.cloud import storage
+        from google.cloud.storage.retry import DEFAULT_RETRY
+    except ImportError:
+        raise MissingExtraError("google-cloud-storage", "gcp", "A gs:// run directory") from None
+    return storage, exceptions, DEFAULT_RETRY
+
+
+@lru_cache(maxsize=4)
+def _client(emulator: str | None) -> Any:
+    """One client per process (and emulator address): it holds the HTTP session and credentials."""
+    storage, _, _ = _sdk()
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT),
+                              credentials=AnonymousCredentials())
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return storage.Client()
+    except DefaultCredentialsError:
+        raise UserError("no Google Cloud credentials for gs:// storage: run `gcloud auth application-default login`, "
+                        "or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file") from None
+
+
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]")
+
+
+def split(uri: str) -> tuple[str, str]:
+    """gs://bucket/a/b -> ('bucket', 'a/b'); a UserError when the bucket name cannot be one."""
+    rest = uri.removeprefix("gs://")
+    bucket, _, prefix = rest.partition("/")
+    if not BUCKET_RE.fullmatch(bucket):
+        raise UserError(f"{excerpt(uri)}: {excerpt(bucket)} is not a bucket name: 3-63 lowercase letters, digits, '-', "
+                        "'_' and '.', starting and ending with a letter or digit (gs://BUCKET/PREFIX)")
+    return bucket, prefix.strip("/")
+
+
+class GcsRunStore(RunStore):
+    """A run dir under gs://bucket/prefix."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri.rstrip("/"))
+        self.bucket_name, self.prefix = split(self.uri)
+        _, self._errors, self._retry = _sdk()
+        self._bucket = _client(os.environ.get("STORAGE_EMULATOR_HOST")).bucket(self.bucket_name)
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self._workdir = home() / "run-cache" / key
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _call(self, what: str, rel: str, fn: Any) -> Any:
+        """Run fn, turning the service's answers into errors that say what to do."""
+        try:
+            return fn()
+        except self._errors.NotFound as exc:
+            if "bucket" in str(exc).lower() and not self.bucket_exists():
+                raise UserError(f"the bucket {self.bucket_name!r} does not exist: create it (gcloud storage buckets "
+                                f"create gs://{self.bucket_name}) or let provision create it") from None
+            raise FileNotFoundError(f"{self.uri}/{rel}") from None
+        except self._errors.Forbidden as exc:
+            raise UserError(f"{what} gs://{self.bucket_name}/{self._key(rel)} was denied ({exc.code}): the account "
+                            f"{self._account()} needs the role roles/storage.objectAdmin on the bucket") from None
+        except self._errors.GoogleAPICallError as exc:
+            raise StorageError(f"{what} gs://{self.bucket_name}/{self._key(rel)} failed: {exc}") from exc
+
+    def _account(self) -> str:
+        credentials = getattr(self._bucket.client, "_credentials", None)
+        return getattr(credentials, "service_account_email", None) or "in use (Application Default Credentials)"
+
+    def bucket_exists(self) -> bool:
+        try:
+            return bool(self._bucket.exists(retry=self._retry))
+        except self._errors.Forbidden:
+            return True  # it exists; we may not look at it
+
+    def create_bucket(self, location: str | None = None) -> bool:
+        """Create the bucket if it is missing; True when this call created it."""
+        if self.bucket_exists():
+            return False
+        try:
+            self._bucket.client.create_bucket(self.bucket_name, location=location, retry=self._retry)
+        except self._errors.Conflict:
+            return False  # created meanwhile
+        return True
+
+    def exists(self, rel: str) -> bool:
+        return bool(self._call("reading", rel, lambda: self._bucket.blob(self._key(rel)).exists(retry=self._retry)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        blob = self._bucket.blob(self._key(rel))
+        return bytes(self._call("reading", rel, lambda: blob.download_as_bytes(retry=self._retry)))
+
+    def read_from(self, rel: str, offset: int) -> bytes:
+        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
+        blob = self._bucket.blob(self._key(rel))
+        try:
+            return bytes(self._call("reading", rel, lambda: blob.download_as_bytes(start=offset, retry=self._retry)))
+        except FileNotFoundError:
+            return b""
+        except StorageError as exc:
+            if "416" in str(exc):  # nothing past the end yet
+                return b""
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """One upload: readers see the old object or the new one, never a mix."""
+        blob = self._bucket.blob(self._key(rel))
+        self._call("writing", rel, lambda: blob.upload_from_string(data, retry=self._retry))
+
+    def list(self, prefix: str = "") -> list[str]:
+        start = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        blobs = self._call("listing", prefix, lambda: list(self._bucket.client.list_blobs(
+            self.bucket_name, prefix=start, retry=self._retry)))
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(b.name[cut:] for b in blobs)
+
+    def delete(self, rel: str) -> None:
+        blob = self._bucket.blob(self._key(rel))
+        try:
+            self._call("deleting", rel, lambda: blob.delete(retry=self._retry))
+        except FileNotFoundError:
+            pass
+
+    def publish(self, rel: str) -> None:
+        self.write_bytes(rel, (self.workdir / rel).read_bytes())
+
+    def fetch(self, rel: str) -> Path:
+        target = self.workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.read_bytes(rel))
+        return target
