@@ -33,7 +33,7 @@ def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
         if scheme == "gs":
             return _gcs_problems(uri, field)
         if scheme == "az":
-            return [Problem(field, "az:// run directories are not available in this version; use a local path or gs://")]
+            return _azure_problems(uri, field)
         return [Problem(field, f"unknown scheme {scheme!r} in {excerpt(uri)}; use a local path, file://, gs:// or az://")]
     return folder_problems(path, field, "the run directory")
 
@@ -42,6 +42,19 @@ def _gcs_problems(uri: str, field: str) -> list[Problem]:
     """A gs:// location names a bucket and the SDK is installed (the bucket itself is provision's business)."""
     from gymflow.errors import UserError
     from gymflow.storage.gcs import _sdk, split
+
+    try:
+        _sdk()
+        split(uri)
+    except UserError as exc:
+        return [Problem(field, str(exc))]
+    return []
+
+
+def _azure_problems(uri: str, field: str) -> list[Problem]:
+    """An az:// location names an account and a container and the SDK is installed."""
+    from gymflow.errors import UserError
+    from gymflow.storage.azure import _sdk, split
 
     try:
         _sdk()

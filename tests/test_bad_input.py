@@ -294,6 +294,7 @@ def test_keys_that_are_not_names_and_control_characters_are_refused(text: str, m
     (["storage=s3://bucket/runs"], "storage: unknown scheme 's3' in 's3://bucket/runs'; use a local path, file://, gs:// or az://"),
     (["env=[1, 2]"], "env: must be a mapping, got list [1, 2]"),
     (["storage=gs://Bad_Bucket/runs"], "storage: 'gs://Bad_Bucket/runs': 'Bad_Bucket' is not a bucket name"),
+    (["storage=az://account/x/runs"], "storage: 'az://account/x/runs': 'x' is not a container name"),
     (["algorithm.hyperparams.policy_kwargs=__import__('os').system('touch pwned')"],
      "algorithm.hyperparams.policy_kwargs: cannot parse \"__import__('os').system('touch pwned')\" as a mapping"),
 ])

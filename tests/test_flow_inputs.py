@@ -41,7 +41,7 @@ def test_a_file_uri_is_read_too(tmp_path: Path) -> None:
     (None, None, "spec: give either `spec` (the spec inline) or `spec_file` (a path or URI of a spec YAML file); neither was given"),
     ({"name": "x"}, "a.yaml", "spec: give either `spec` (the spec inline) or `spec_file` (a path or URI of a spec YAML file); both were given"),
     (None, "missing.yaml", "spec file not found: missing.yaml. Check the path."),
-    (None, "az://account/container/spec.yaml", "az:// run directories are not available in this version"),
+    (None, "s3://bucket/spec.yaml", "storage 's3://bucket': unknown scheme 's3'; use a local path, file://, gs:// or az://"),
 ])
 def test_flow_inputs_that_cannot_run_are_refused_with_the_fix(spec: Any, spec_file: str | None, message: str) -> None:
     with pytest.raises(UserError) as raised:

@@ -128,6 +128,46 @@ class LocalRunStore(RunStore):
         (self.path / rel).unlink(missing_ok=True)
 
 
+class RemoteRunStore(RunStore):
+    """A run dir in a bucket or container: the worker writes under a local mirror (``workdir``) and publishes
+    files; readers read the bucket. Subclasses set ``prefix`` (the run dir's key prefix, no slashes around)."""
+
+    prefix = ""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri.rstrip("/"))
+        import hashlib
+
+        from gymflow.paths import home
+
+        self._workdir = home() / "run-cache" / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    def _key(self, rel: str) -> str:
+        """The object name of a file of the run dir."""
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _listing(self, prefix: str) -> str:
+        """The object-name prefix that lists the run dir's files under prefix."""
+        return self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+
+    def _relative(self, names: list[str]) -> list[str]:
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(name[cut:] for name in names)
+
+    def publish(self, rel: str) -> None:
+        self.write_bytes(rel, (self.workdir / rel).read_bytes())
+
+    def fetch(self, rel: str) -> Path:
+        target = self.workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.read_bytes(rel))
+        return target
+
+
 def local_path(uri: str) -> Path | None:
     """The local folder of a plain path or file:// URI; None for a remote URI."""
     parsed = urlparse(uri)
@@ -167,5 +207,7 @@ def open_run(uri: str) -> RunStore:
 
         return GcsRunStore(uri)
     if scheme == "az":
-        raise UserError(f"storage {uri!r}: az:// run directories are not available in this version; use a local path or gs://")
+        from gymflow.storage.azure import AzureRunStore
+
+        return AzureRunStore(uri)
     raise UserError(f"storage {uri!r}: unknown scheme {scheme!r}; use a local path, file://, gs:// or az://")

@@ -9,17 +9,14 @@ uploads included (each upload writes a whole object, so repeating one is harmles
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
-from gymflow.paths import home
-from gymflow.storage import RunStore
+from gymflow.storage import RemoteRunStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +64,16 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-class GcsRunStore(RunStore):
+class GcsRunStore(RemoteRunStore):
     """A run dir under gs://bucket/prefix."""
 
     def __init__(self, uri: str) -> None:
-        super().__init__(uri.rstrip("/"))
+        super().__init__(uri)
         self.bucket_name, self.prefix = split(self.uri)
         _, self._errors, self._retry = _sdk()
         self._bucket = _client(os.environ.get("STORAGE_EMULATOR_HOST")).bucket(self.bucket_name)
-        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        self._workdir = home() / "run-cache" / key
 
-    @property
-    def workdir(self) -> Path:
-        return self._workdir
 
-    def _key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
 
     def _call(self, what: str, rel: str, fn: Any) -> Any:
         """Run fn, turning the service's answers into errors that say what to do."""
@@ -145,11 +135,9 @@ class GcsRunStore(RunStore):
         self._call("writing", rel, lambda: blob.upload_from_string(data, retry=self._retry))
 
     def list(self, prefix: str = "") -> list[str]:
-        start = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         blobs = self._call("listing", prefix, lambda: list(self._bucket.client.list_blobs(
-            self.bucket_name, prefix=start, retry=self._retry)))
-        cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(b.name[cut:] for b in blobs)
+            self.bucket_name, prefix=self._listing(prefix), retry=self._retry)))
+        return self._relative([b.name for b in blobs])
 
     def delete(self, rel: str) -> None:
         blob = self._bucket.blob(self._key(rel))
@@ -158,11 +146,3 @@ class GcsRunStore(RunStore):
         except FileNotFoundError:
             pass
 
-    def publish(self, rel: str) -> None:
-        self.write_bytes(rel, (self.workdir / rel).read_bytes())
-
-    def fetch(self, rel: str) -> Path:
-        target = self.workdir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self.read_bytes(rel))
-        return target

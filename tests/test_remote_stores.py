@@ -1,4 +1,5 @@
-"""gs:// run directories: the real google-cloud-storage client against fake-gcs-server (no mocks)."""
+"""gs:// and az:// run directories: the real google-cloud-storage and azure-storage-blob clients against
+fake-gcs-server and Azurite (no mocks)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import base_spec
+from azurite import ACCOUNT, azurite
 from gcs_emulator import fake_gcs_server
 
 
@@ -21,6 +23,29 @@ from gcs_emulator import fake_gcs_server
 def emulator() -> Iterator[str]:
     with fake_gcs_server() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def azurite_connection() -> Iterator[str]:
+    with azurite() as connection:
+        yield connection
+
+
+@pytest.fixture(params=["gs", "az"])
+def bucket(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket (gs://) or container (az://) on its emulator: its URI."""
+    name = f"gymflow-test-{uuid.uuid4().hex[:10]}"
+    if request.param == "gs":
+        from gymflow.storage.gcs import GcsRunStore
+
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
+        assert GcsRunStore(f"gs://{name}").create_bucket() is True
+        return f"gs://{name}"
+    from gymflow.storage.azure import AzureRunStore
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", request.getfixturevalue("azurite_connection"))
+    assert AzureRunStore(f"az://{ACCOUNT}/{name}").create_container() is True
+    return f"az://{ACCOUNT}/{name}"
 
 
 @pytest.fixture
@@ -34,53 +59,75 @@ def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"gs://{bucket}"
 
 
-def test_a_run_dir_in_a_bucket_reads_writes_lists_and_deletes(gcs: str) -> None:
+def test_a_run_dir_in_a_bucket_reads_writes_lists_and_deletes(bucket: str) -> None:
     from gymflow.storage import open_run
 
-    store = open_run(f"{gcs}/runs/trial-1")
+    store = open_run(f"{bucket}/runs/trial-1")
     assert not store.exists("status.json") and store.list() == []
     store.write_json("status.json", {"state": "running"})
     store.write_bytes("checkpoints/step_10/model.zip", b"\x00model")
     assert store.exists("status.json") and store.read_json("status.json") == {"state": "running"}
     assert store.list() == ["checkpoints/step_10/model.zip", "status.json"]
     assert store.list("checkpoints") == ["checkpoints/step_10/model.zip"]
-    assert open_run(f"{gcs}/runs/trial-2").list() == []  # a sibling prefix is another run dir
+    assert open_run(f"{bucket}/runs/trial-2").list() == []  # a sibling prefix is another run dir
     store.delete("status.json")
     store.delete("status.json")  # idempotent
     with pytest.raises(FileNotFoundError):
         store.read_bytes("status.json")
 
 
-def test_a_follower_reads_only_what_is_new(gcs: str) -> None:
+def test_a_follower_reads_only_what_is_new(bucket: str) -> None:
     from gymflow.storage import open_run
 
-    store = open_run(f"{gcs}/run")
+    store = open_run(f"{bucket}/run")
     assert store.read_from("metrics/train.jsonl", 0) == b""
     store.write_bytes("metrics/train.jsonl", b'{"a": 1}\n{"a": 2}\n')
     assert store.read_from("metrics/train.jsonl", 9) == b'{"a": 2}\n'
     assert store.read_from("metrics/train.jsonl", 18) == b""  # nothing past the end yet
 
 
-def test_the_worker_publishes_from_its_workdir_and_readers_fetch(gcs: str) -> None:
+def test_the_worker_publishes_from_its_workdir_and_readers_fetch(bucket: str) -> None:
     from gymflow.storage import open_run
 
-    worker = open_run(f"{gcs}/run")
+    worker = open_run(f"{bucket}/run")
     (worker.workdir / "eval.json").parent.mkdir(parents=True, exist_ok=True)
     (worker.workdir / "eval.json").write_text('{"mean_reward": 500.0}')
     worker.publish("eval.json")
-    reader = open_run(f"{gcs}/run")
+    reader = open_run(f"{bucket}/run")
     assert reader.read_json("eval.json") == {"mean_reward": 500.0}
     assert Path(reader.fetch("eval.json")).read_text() == '{"mean_reward": 500.0}'
 
 
-def test_a_missing_bucket_is_one_clear_error(emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("uri", "message"), [
+    ("gs://no-such-bucket-here/run", "the bucket 'no-such-bucket-here' does not exist: create it"),
+    (f"az://{ACCOUNT}/no-such-container/run", f"the container 'no-such-container' does not exist in the storage account "
+                                              f"'{ACCOUNT}': create it"),
+])
+def test_a_missing_bucket_is_one_clear_error(uri: str, message: str, emulator: str, azurite_connection: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from gymflow.errors import UserError
     from gymflow.storage import open_run
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
     with pytest.raises(UserError) as raised:
-        open_run("gs://no-such-bucket-here/run").write_text("status.json", "{}")
-    assert "the bucket 'no-such-bucket-here' does not exist: create it" in str(raised.value)
+        open_run(uri).write_text("status.json", "{}")
+    assert message in str(raised.value)
+
+
+def test_a_denied_write_names_the_account_and_the_role(azurite_connection: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gymflow.errors import UserError
+    from gymflow.storage import open_run
+    from gymflow.storage.azure import AzureRunStore
+
+    name = f"denied-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
+    AzureRunStore(f"az://{ACCOUNT}/{name}").create_container()
+    wrong_key = azurite_connection.replace("AccountKey=Eby8", "AccountKey=AAAA")  # a key that signs wrongly
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong_key)
+    with pytest.raises(UserError) as raised:
+        open_run(f"az://{ACCOUNT}/{name}/run").write_text("status.json", "{}")
+    assert f"az://{ACCOUNT}/{name}/run/status.json was" in str(raised.value)
 
 
 def test_a_spec_file_in_a_bucket_validates(gcs: str, cli: Any, tmp_path: Path) -> None:
@@ -132,15 +179,26 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def test_transient_503s_are_retried(gcs: str, emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_503s_are_retried(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import re
+
     from gymflow.storage import open_run
 
-    handler = type("Flaky", (_Flaky,), {"upstream": emulator, "failures": 0, "seen": 0})
+    if bucket.startswith("gs://"):
+        upstream = os.environ["STORAGE_EMULATOR_HOST"]
+    else:
+        upstream = re.search(r"BlobEndpoint=(http://[^/;]+)", os.environ["AZURE_STORAGE_CONNECTION_STRING"])[1]  # type: ignore[index]
+    handler = type("Flaky", (_Flaky,), {"upstream": upstream, "failures": 0, "seen": 0})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    via = f"http://127.0.0.1:{proxy.server_address[1]}"
     try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_address[1]}")
-        store = open_run(f"{gcs}/flaky")
+        if bucket.startswith("gs://"):
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", via)
+        else:
+            monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(upstream, via))
+        store = open_run(f"{bucket}/flaky")
         handler.failures, handler.seen = 2, 0
         store.write_text("status.json", '{"state": "running"}')
         handler.failures, handler.seen = 2, 0

@@ -1,0 +1,146 @@
+"""A run directory on Azure Blob Storage: ``az://account/container/prefix``.
+
+The storage account is named in the URI. Credentials: ``AZURE_STORAGE_CONNECTION_STRING`` when
+set (its account must be the URI's), else DefaultAzureCredential against
+``https://ACCOUNT.blob.core.windows.net``. azure-core's retry policy retries transient errors
+(408, 429, 5xx, timeouts, dropped connections) with exponential backoff on every call (see _retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from functools import lru_cache
+from typing import Any
+
+from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
+from gymflow.storage import RemoteRunStore
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_RE = re.compile(r"[a-z0-9]{3,24}")
+CONTAINER_RE = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _sdk() -> tuple[Any, Any]:
+    try:
+        from azure.core import exceptions
+        from azure.storage.blob import BlobServiceClient
+    except ImportError:
+        raise MissingExtraError("azure-storage-blob", "azure", "An az:// run directory") from None
+    return BlobServiceClient, exceptions
+
+
+def split(uri: str) -> tuple[str, str, str]:
+    """az://account/container/a/b -> ('account', 'container', 'a/b'); a UserError when a name cannot be one."""
+    parts = uri.removeprefix("az://").split("/", 2)
+    account, container = parts[0], parts[1] if len(parts) > 1 else ""
+    if not ACCOUNT_RE.fullmatch(account):
+        raise UserError(f"{excerpt(uri)}: {excerpt(account)} is not a storage account name: 3-24 lowercase letters and "
+                        "digits (az://ACCOUNT/CONTAINER/PREFIX)")
+    if not CONTAINER_RE.fullmatch(container):
+        raise UserError(f"{excerpt(uri)}: {excerpt(container)} is not a container name: 3-63 lowercase letters, digits "
+                        "and single '-' (az://ACCOUNT/CONTAINER/PREFIX)")
+    return account, container, (parts[2] if len(parts) > 2 else "").strip("/")
+
+
+def _retry() -> Any:
+    """Backoff of about 1, 3, 5, 9, 17, 33 s: the SDK's default starts at 15 s, long for a worker's heartbeat."""
+    from azure.storage.blob import ExponentialRetry
+
+    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=6, random_jitter_range=1)
+
+
+@lru_cache(maxsize=8)
+def _service(account: str, connection: str | None) -> Any:
+    service_cls, _ = _sdk()
+    if connection:
+        service = service_cls.from_connection_string(connection, retry_policy=_retry())
+        if service.account_name != account:
+            raise UserError(f"{CONNECTION_ENV} is for the account {service.account_name!r}, the URI names {account!r}: "
+                            "use one account")
+        return service
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise MissingExtraError("azure-identity", "azure", "An az:// run directory without a connection string") from None
+    return service_cls(f"https://{account}.blob.core.windows.net", credential=DefaultAzureCredential(),
+                       retry_policy=_retry())
+
+
+class AzureRunStore(RemoteRunStore):
+    """A run dir under az://account/container/prefix."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.account, self.container_name, self.prefix = split(self.uri)
+        _, self._errors = _sdk()
+        self._container = _service(self.account, os.environ.get(CONNECTION_ENV)).get_container_client(self.container_name)
+
+
+
+    def _call(self, what: str, rel: str, fn: Any) -> Any:
+        """Run fn, turning the service's answers into errors that say what to do."""
+        errors = self._errors
+        try:
+            return fn()
+        except errors.ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise UserError(f"the container {self.container_name!r} does not exist in the storage account "
+                                f"{self.account!r}: create it (az storage container create --name {self.container_name} "
+                                f"--account-name {self.account}) or let provision create it") from None
+            raise FileNotFoundError(f"{self.uri}/{rel}") from None
+        except errors.ClientAuthenticationError as exc:
+            raise UserError(f"{what} {self.uri}/{rel} was refused: the credentials are not valid for the storage "
+                            f"account {self.account!r} ({exc.reason or exc}); check {CONNECTION_ENV} or `az login`") from None
+        except errors.HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise UserError(f"{what} {self.uri}/{rel} was denied (403): the identity in use needs the role "
+                                f"'Storage Blob Data Contributor' on the storage account {self.account!r}") from None
+            raise StorageError(f"{what} {self.uri}/{rel} failed: {exc.status_code} {exc.reason}") from exc
+
+    def create_container(self) -> bool:
+        """Create the container if it is missing; True when this call created it."""
+        try:
+            self._container.create_container()
+        except self._errors.ResourceExistsError:
+            return False
+        return True
+
+    def exists(self, rel: str) -> bool:
+        return bool(self._call("reading", rel, lambda: self._container.get_blob_client(self._key(rel)).exists()))
+
+    def read_bytes(self, rel: str) -> bytes:
+        blob = self._container.get_blob_client(self._key(rel))
+        return bytes(self._call("reading", rel, lambda: blob.download_blob().readall()))
+
+    def read_from(self, rel: str, offset: int) -> bytes:
+        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
+        blob = self._container.get_blob_client(self._key(rel))
+        try:
+            return bytes(self._call("reading", rel, lambda: blob.download_blob(offset=offset).readall()))
+        except FileNotFoundError:
+            return b""
+        except StorageError as exc:
+            if "416" in str(exc):  # nothing past the end yet
+                return b""
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """One upload of the whole blob: readers see the old content or the new, never a mix."""
+        blob = self._container.get_blob_client(self._key(rel))
+        self._call("writing", rel, lambda: blob.upload_blob(data, overwrite=True))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self._relative(self._call("listing", prefix, lambda: [
+            b.name for b in self._container.list_blobs(name_starts_with=self._listing(prefix))]))
+
+    def delete(self, rel: str) -> None:
+        blob = self._container.get_blob_client(self._key(rel))
+        try:
+            self._call("deleting", rel, lambda: blob.delete_blob())
+        except FileNotFoundError:
+            pass
+
