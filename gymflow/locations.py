@@ -30,35 +30,23 @@ def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
     path = local_path(uri)
     if path is None:
         scheme = urlparse(uri).scheme
-        if scheme == "gs":
-            return _gcs_problems(uri, field)
-        if scheme == "az":
-            return _azure_problems(uri, field)
+        if scheme in ("gs", "az"):
+            return _remote_problems(uri, field)
         return [Problem(field, f"unknown scheme {scheme!r} in {excerpt(uri)}; use a local path, file://, gs:// or az://")]
     return folder_problems(path, field, "the run directory")
 
 
-def _gcs_problems(uri: str, field: str) -> list[Problem]:
-    """A gs:// location names a bucket and the SDK is installed (the bucket itself is provision's business)."""
+def _remote_problems(uri: str, field: str) -> list[Problem]:
+    """A gs:// or az:// location names its bucket (account and container) and the SDK is installed; the bucket
+    itself is provision's business."""
+    import importlib
+
     from gymflow.errors import UserError
-    from gymflow.storage.gcs import _sdk, split
 
+    module = importlib.import_module("gymflow.storage.gcs" if uri.startswith("gs://") else "gymflow.storage.azure")
     try:
-        _sdk()
-        split(uri)
-    except UserError as exc:
-        return [Problem(field, str(exc))]
-    return []
-
-
-def _azure_problems(uri: str, field: str) -> list[Problem]:
-    """An az:// location names an account and a container and the SDK is installed."""
-    from gymflow.errors import UserError
-    from gymflow.storage.azure import _sdk, split
-
-    try:
-        _sdk()
-        split(uri)
+        module._sdk()
+        module.split(uri)
     except UserError as exc:
         return [Problem(field, str(exc))]
     return []

@@ -158,6 +158,23 @@ class RemoteRunStore(RunStore):
         cut = len(self.prefix) + 1 if self.prefix else 0
         return sorted(name[cut:] for name in names)
 
+    def read_from(self, rel: str, offset: int) -> bytes:
+        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
+        from gymflow.errors import StorageError
+
+        try:
+            return self._read_range(rel, offset)
+        except FileNotFoundError:
+            return b""
+        except StorageError as exc:
+            if "416" in str(exc):  # nothing past the end yet
+                return b""
+            raise
+
+    @abstractmethod
+    def _read_range(self, rel: str, offset: int) -> bytes:
+        """The object's bytes from offset on; FileNotFoundError when it is missing."""
+
     def publish(self, rel: str) -> None:
         self.write_bytes(rel, (self.workdir / rel).read_bytes())
 

@@ -116,17 +116,9 @@ class AzureRunStore(RemoteRunStore):
         blob = self._container.get_blob_client(self._key(rel))
         return bytes(self._call("reading", rel, lambda: blob.download_blob().readall()))
 
-    def read_from(self, rel: str, offset: int) -> bytes:
-        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
+    def _read_range(self, rel: str, offset: int) -> bytes:
         blob = self._container.get_blob_client(self._key(rel))
-        try:
-            return bytes(self._call("reading", rel, lambda: blob.download_blob(offset=offset).readall()))
-        except FileNotFoundError:
-            return b""
-        except StorageError as exc:
-            if "416" in str(exc):  # nothing past the end yet
-                return b""
-            raise
+        return bytes(self._call("reading", rel, lambda: blob.download_blob(offset=offset).readall()))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """One upload of the whole blob: readers see the old content or the new, never a mix."""

@@ -117,17 +117,9 @@ class GcsRunStore(RemoteRunStore):
         blob = self._bucket.blob(self._key(rel))
         return bytes(self._call("reading", rel, lambda: blob.download_as_bytes(retry=self._retry)))
 
-    def read_from(self, rel: str, offset: int) -> bytes:
-        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
+    def _read_range(self, rel: str, offset: int) -> bytes:
         blob = self._bucket.blob(self._key(rel))
-        try:
-            return bytes(self._call("reading", rel, lambda: blob.download_as_bytes(start=offset, retry=self._retry)))
-        except FileNotFoundError:
-            return b""
-        except StorageError as exc:
-            if "416" in str(exc):  # nothing past the end yet
-                return b""
-            raise
+        return bytes(self._call("reading", rel, lambda: blob.download_as_bytes(start=offset, retry=self._retry)))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """One upload: readers see the old object or the new one, never a mix."""
