@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
