@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gymflow.errors import Problem, clip
+from gymflow.paths import cache_dir, read_cache, seconds, write_cache
 from gymflow.spec import AlgorithmSpec, EnvSpec
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,7 @@ DEFAULT_TIMEOUT_S = 120.0
 
 def timeout_s() -> float:
     """The wait for the build check from GYMFLOW_BUILD_CHECK_S; 0 when it is switched off."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        return max(0.0, float(raw)) if raw.strip() else DEFAULT_TIMEOUT_S
-    except ValueError:
-        logger.warning("%s=%r is not a number of seconds; using %g", TIMEOUT_ENV, raw, DEFAULT_TIMEOUT_S)
-        return DEFAULT_TIMEOUT_S
+    return seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 def _versions() -> str:
@@ -56,8 +52,6 @@ def _cache_file() -> Path:
     what an older one found."""
     from importlib.util import find_spec
 
-    from gymflow.paths import cache_dir
-
     spec = find_spec("gymflow.runtime.probe")
     probe = Path(spec.origin).read_bytes() if spec is not None and spec.origin else b""
     key = hashlib.sha256(_versions().encode() + probe).hexdigest()[:16]
@@ -66,25 +60,6 @@ def _cache_file() -> Path:
 
 def _key(item: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()
-
-
-def _read_cache(file: Path) -> dict[str, list[list[str]]]:
-    try:
-        data = json.loads(file.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(file: Path, new: dict[str, list[list[str]]]) -> None:
-    data = {**_read_cache(file), **new}
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(file)
-    except OSError:
-        logger.debug("could not cache build checks in %s", file, exc_info=True)
 
 
 def check(pairs: Sequence[tuple[EnvSpec, AlgorithmSpec]]) -> list[Problem]:
@@ -97,15 +72,15 @@ def check(pairs: Sequence[tuple[EnvSpec, AlgorithmSpec]]) -> list[Problem]:
         item = {"env": env.model_dump(mode="json"), "algorithm": algo.model_dump(mode="json")}
         items.setdefault(_key(item), item)
     file = _cache_file()
-    cached = _read_cache(file)
+    cached = read_cache(file)
     todo = {k: v for k, v in items.items() if k not in cached}
     if todo:
         found = _run_probe(list(todo.values()), limit)
         if isinstance(found, Problem):  # the check itself could not finish: nothing is cached
             return [found]
         fresh = dict(zip(todo, found))
-        _write_cache(file, fresh)
         cached.update(fresh)
+        write_cache(file, {**read_cache(file), **fresh})
     problems: list[Problem] = []
     for key in items:
         problems += [Problem(path, message) for path, message in cached[key] if Problem(path, message) not in problems]

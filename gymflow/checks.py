@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from gymflow import algorithms, hyperparams
 from gymflow.errors import Problem
 from gymflow.imports import import_object
+from gymflow.paths import cache_dir, read_cache, write_cache
 from gymflow.spec import ENTRY_POINT_RE, AlgorithmSpec, EnvSpec
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ def _cache_file() -> Path:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
             parts.append(f"{dist}=none")
-    from gymflow.paths import cache_dir
 
     key = hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / f"algorithms-{key}.json"
@@ -117,23 +117,12 @@ def _introspect_elsewhere() -> dict[str, Any]:
 def algo_facts(name: str) -> AlgoFacts:
     """The algorithm's facts, from the version-keyed cache or by introspecting every class once, in a subprocess."""
     file = _cache_file()
-    try:
-        data = json.loads(file.read_text())
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}  # none yet, or damaged: start it again
+    data = read_cache(file)
     if name not in data:
         data.update(_introspect_elsewhere())
         if name not in data:
             data[name] = _as_json(_introspect(name))  # the import error, if any, is raised here
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            tmp.replace(file)
-        except (OSError, ValueError):
-            logger.debug("could not cache algorithm facts in %s", file, exc_info=True)
+        write_cache(file, data)
     try:
         cached = data[name]
         return AlgoFacts(frozenset(cached["hyperparams"]), cached["policies"])

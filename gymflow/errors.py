@@ -66,7 +66,11 @@ class MissingExtraError(UserError):
 
 
 class StorageError(GymflowError):
-    """Reading or writing a run directory failed."""
+    """Reading or writing a run directory failed; `status` is the service's HTTP status when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RunDirError(UserError):

@@ -71,18 +71,16 @@ def folder_problems(path: Path, field: str, what: str) -> list[Problem]:
 
 def tracking_check_s() -> float:
     """How long to wait for the tracking server (GYMFLOW_TRACKING_CHECK_S, default 5 s; 0: no check)."""
-    raw = os.environ.get(TRACKING_CHECK_ENV, "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else DEFAULT_TRACKING_CHECK_S
-    except ValueError:
-        return DEFAULT_TRACKING_CHECK_S
+    from gymflow.paths import seconds
+
+    return seconds(TRACKING_CHECK_ENV, DEFAULT_TRACKING_CHECK_S)
 
 
 def _plugin_schemes() -> set[str]:
     return {ep.name for ep in entry_points(group="mlflow.tracking_store")}
 
 
-def tracking_problems(uri: str | None, reach: bool = True) -> list[Problem]:
+def tracking_problems(uri: str | None) -> list[Problem]:
     """Whether MLflow can use the tracking URI: a scheme it knows, a SQLite folder that exists, a server that
     answers within tracking_check_s(). The spec's tracking.uri, else MLFLOW_TRACKING_URI; None: MLflow's default."""
     field = "tracking.uri"
@@ -109,7 +107,7 @@ def tracking_problems(uri: str | None, reach: bool = True) -> list[Problem]:
             return []
         return folder_problems(Path(database).parent, field, "the folder of the MLflow database")
     timeout = tracking_check_s()
-    if not reach or timeout == 0 or scheme not in ("http", "https", *_DB_PORTS):
+    if timeout == 0 or scheme not in ("http", "https", *_DB_PORTS):
         return []
     why = _unreachable(parsed, scheme, timeout)
     if why is None:

@@ -51,7 +51,7 @@ def check(spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path]
                                          "or run a single trial with `gymflow run`"))
     if has_sweep:
         if base is not None and base.sweep is not None:
-            trials, more = sweeps.expand_data(data, variables, base.sweep)
+            trials, more = sweeps.expand_data(data, variables, base)
             problems += more
             address = sweeps.dask_address(base.sweep)
             if address:

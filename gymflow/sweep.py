@@ -124,8 +124,12 @@ def section_problems(raw: Any) -> list[Problem]:
     return _problems_of_paths(section)
 
 
-def expand_data(data: dict[str, Any], variables: dict[str, Any], sweep: SweepSpec) -> tuple[list[Spec], list[Problem]]:
-    """Every trial of a merged raw spec's sweep, each resolved and checked; and every problem of any of them."""
+def expand_data(data: dict[str, Any], variables: dict[str, Any], base: Spec) -> tuple[list[Spec], list[Problem]]:
+    """Every trial of a merged raw spec's sweep (base: that spec resolved, with its sweep section), each resolved
+    and checked; and every problem of any of them."""
+    sweep = base.sweep
+    if sweep is None:
+        return [base], []
     problems = _problems_of_paths(sweep)
     count = max(1, len(sweep.seeds)) * (sweep.random.n if sweep.random else 1)
     for values in sweep.grid.values():
@@ -136,7 +140,7 @@ def expand_data(data: dict[str, Any], variables: dict[str, Any], sweep: SweepSpe
     if problems:
         return [], problems
     trials: dict[str, Spec] = {}
-    for combo in combinations(sweep, data.get("seed", 0) if isinstance(data.get("seed"), int) else 0):
+    for combo in combinations(sweep, base.seed):
         raw = copy.deepcopy(data)
         raw.pop("sweep", None)
         for path, value in combo.items():
@@ -152,18 +156,12 @@ def expand_data(data: dict[str, Any], variables: dict[str, Any], sweep: SweepSpe
 
 def expand(spec_file: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (),
            overrides: Sequence[str] = ()) -> tuple[Spec, list[Spec]]:
-    """The resolved sweep spec and its trials; a SpecError with every problem otherwise (the fast checks:
-    preflight.check(..., sweep=True) adds the run directories, tracking store, backend and build)."""
+    """The resolved sweep spec and its trials; a SpecError with every problem otherwise: preflight.check with
+    sweep=True, without the backend check and the build check."""
     from gymflow import preflight
 
     plan = preflight.check(spec_file, globals_files, overrides, sweep=True, build=False)
     return plan.base, plan.trials
-
-
-def expand_input(spec: Spec | dict[str, Any] | None, spec_file: str | None, overrides: Sequence[str] = (),
-                 globals_files: Sequence[str | Path] = ()) -> tuple[Spec, list[Spec]]:
-    """expand() for a flow's inputs: an inline spec or a spec file path/URI."""
-    return expand(config.input_source(spec, spec_file, keep_trial_id=False), list(globals_files), list(overrides))
 
 
 def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:

@@ -167,7 +167,7 @@ class RemoteRunStore(RunStore):
         except FileNotFoundError:
             return b""
         except StorageError as exc:
-            if "416" in str(exc):  # nothing past the end yet
+            if exc.status == 416:  # nothing past the end yet
                 return b""
             raise
 

@@ -79,8 +79,6 @@ class AzureRunStore(RemoteRunStore):
         _, self._errors = _sdk()
         self._container = _service(self.account, os.environ.get(CONNECTION_ENV)).get_container_client(self.container_name)
 
-
-
     def _call(self, what: str, rel: str, fn: Any) -> Any:
         """Run fn, turning the service's answers into errors that say what to do."""
         errors = self._errors
@@ -99,7 +97,7 @@ class AzureRunStore(RemoteRunStore):
             if exc.status_code == 403:
                 raise UserError(f"{what} {self.uri}/{rel} was denied (403): the identity in use needs the role "
                                 f"'Storage Blob Data Contributor' on the storage account {self.account!r}") from None
-            raise StorageError(f"{what} {self.uri}/{rel} failed: {exc.status_code} {exc.reason}") from exc
+            raise StorageError(f"{what} {self.uri}/{rel} failed: {exc.status_code} {exc.reason}", exc.status_code) from exc
 
     def create_container(self) -> bool:
         """Create the container if it is missing; True when this call created it."""

@@ -60,7 +60,7 @@ def split(uri: str) -> tuple[str, str]:
     bucket, _, prefix = rest.partition("/")
     if not BUCKET_RE.fullmatch(bucket):
         raise UserError(f"{excerpt(uri)}: {excerpt(bucket)} is not a bucket name: 3-63 lowercase letters, digits, '-', "
-                        "'_' and '.', starting and ending with a letter or digit (gs://BUCKET/PREFIX)")
+                        "'_' and '.' (up to 222 with dots), starting and ending with a letter or digit (gs://BUCKET/PREFIX)")
     return bucket, prefix.strip("/")
 
 
@@ -72,8 +72,6 @@ class GcsRunStore(RemoteRunStore):
         self.bucket_name, self.prefix = split(self.uri)
         _, self._errors, self._retry = _sdk()
         self._bucket = _client(os.environ.get("STORAGE_EMULATOR_HOST")).bucket(self.bucket_name)
-
-
 
     def _call(self, what: str, rel: str, fn: Any) -> Any:
         """Run fn, turning the service's answers into errors that say what to do."""
@@ -88,7 +86,7 @@ class GcsRunStore(RemoteRunStore):
             raise UserError(f"{what} gs://{self.bucket_name}/{self._key(rel)} was denied ({exc.code}): the account "
                             f"{self._account()} needs the role roles/storage.objectAdmin on the bucket") from None
         except self._errors.GoogleAPICallError as exc:
-            raise StorageError(f"{what} gs://{self.bucket_name}/{self._key(rel)} failed: {exc}") from exc
+            raise StorageError(f"{what} gs://{self.bucket_name}/{self._key(rel)} failed: {exc}", exc.code) from exc
 
     def _account(self) -> str:
         credentials = getattr(self._bucket.client, "_credentials", None)
