@@ -318,3 +318,22 @@ def test_an_env_that_builds_but_cannot_step_is_found_by_the_build_check(refuse: 
 
 def test_a_boolean_is_not_a_number(refuse: Any, tmp_path: Path) -> None:
     assert "seed: must be a number, got true" in refuse(_spec(tmp_path, _sweepable(seed=True)))
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("folder", "spec file {path} is a folder; give the YAML file in it"),
+    ("/dev/null", "spec file /dev/null is not a regular file; give a YAML file"),
+])
+def test_a_spec_path_that_is_not_a_file_says_what_it_is(target: str, message: str, refuse: Any, tmp_path: Path) -> None:
+    path = tmp_path / "folder" if target == "folder" else Path(target)
+    path.mkdir(exist_ok=True) if target == "folder" else None
+    assert message.format(path=path) in refuse(path)
+
+
+def test_a_build_check_that_takes_too_long_says_how_to_wait_longer(refuse: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GYMFLOW_BUILD_CHECK_S", "0.05")
+    spec = _sweepable(algorithm={"name": "a2c", "hyperparams": {"n_steps": 9}})  # a configuration not cached yet
+    message = refuse(_spec(tmp_path, spec), commands=("validate",))
+    assert ("env: building the algorithm on the env took longer than 0.05 s, so it could not be checked; a slow env "
+            "constructor? Raise GYMFLOW_BUILD_CHECK_S (seconds), or set it to 0 to skip this check") in message

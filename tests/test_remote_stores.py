@@ -115,7 +115,7 @@ def test_a_missing_bucket_is_one_clear_error(uri: str, message: str, emulator: s
     assert message in str(raised.value)
 
 
-def test_a_denied_write_names_the_account_and_the_role(azurite_connection: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_with_a_wrong_account_key_is_refused_with_the_fix(azurite_connection: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from gymflow.errors import UserError
     from gymflow.storage import open_run
     from gymflow.storage.azure import AzureRunStore
@@ -127,7 +127,20 @@ def test_a_denied_write_names_the_account_and_the_role(azurite_connection: str, 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong_key)
     with pytest.raises(UserError) as raised:
         open_run(f"az://{ACCOUNT}/{name}/run").write_text("status.json", "{}")
-    assert f"az://{ACCOUNT}/{name}/run/status.json was" in str(raised.value)
+    assert (f"writing az://{ACCOUNT}/{name}/run/status.json was refused (403): the request's signature does not match "
+            f"the storage account '{ACCOUNT}'; check the account key in AZURE_STORAGE_CONNECTION_STRING") in str(raised.value)
+
+
+def test_missing_google_credentials_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from gymflow.errors import UserError
+    from gymflow.storage import open_run
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    with pytest.raises(UserError) as raised:
+        open_run("gs://some-bucket/run")
+    assert ("no Google Cloud credentials for gs:// storage: run `gcloud auth application-default login`, or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service account key file") in str(raised.value)
 
 
 def test_a_spec_file_in_a_bucket_validates(gcs: str, cli: Any, tmp_path: Path) -> None:

@@ -94,6 +94,11 @@ class AzureRunStore(RemoteRunStore):
             raise UserError(f"{what} {self.uri}/{rel} was refused: the credentials are not valid for the storage "
                             f"account {self.account!r} ({exc.reason or exc}); check {CONNECTION_ENV} or `az login`") from None
         except errors.HttpResponseError as exc:
+            code = getattr(exc.error_code, "value", exc.error_code) or ""
+            if exc.status_code == 403 and (code == "AuthenticationFailed" or "authenticate" in (exc.reason or "").lower()):
+                raise UserError(f"{what} {self.uri}/{rel} was refused (403): the request's signature does not match "
+                                f"the storage account {self.account!r}; check the account key in {CONNECTION_ENV}, "
+                                "or `az login`") from None
             if exc.status_code == 403:
                 raise UserError(f"{what} {self.uri}/{rel} was denied (403): the identity in use needs the role "
                                 f"'Storage Blob Data Contributor' on the storage account {self.account!r}") from None
