@@ -88,7 +88,7 @@ class AzureRunStore(RemoteRunStore):
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise UserError(f"the container {self.container_name!r} does not exist in the storage account "
                                 f"{self.account!r}: create it (az storage container create --name {self.container_name} "
-                                f"--account-name {self.account}) or let provision create it") from None
+                                f"--account-name {self.account})") from None
             raise FileNotFoundError(f"{self.uri}/{rel}") from None
         except errors.ClientAuthenticationError as exc:
             raise UserError(f"{what} {self.uri}/{rel} was refused: the credentials are not valid for the storage "

@@ -80,7 +80,7 @@ class GcsRunStore(RemoteRunStore):
         except self._errors.NotFound as exc:
             if "bucket" in str(exc).lower() and not self.bucket_exists():
                 raise UserError(f"the bucket {self.bucket_name!r} does not exist: create it (gcloud storage buckets "
-                                f"create gs://{self.bucket_name}) or let provision create it") from None
+                                f"create gs://{self.bucket_name})") from None
             raise FileNotFoundError(f"{self.uri}/{rel}") from None
         except self._errors.Forbidden as exc:
             raise UserError(f"{what} gs://{self.bucket_name}/{self._key(rel)} was denied ({exc.code}): the account "
