@@ -219,3 +219,36 @@ def test_transient_503s_are_retried(bucket: str, monkeypatch: pytest.MonkeyPatch
         assert handler.seen >= 3  # two 503s, then the call that went through
     finally:
         proxy.shutdown()
+
+
+def test_a_growing_file_is_published_as_parts_followed_and_sealed(bucket: str) -> None:
+    from gymflow.storage import PARTS, open_run
+
+    writer = open_run(f"{bucket}/grow")
+    reader = open_run(f"{bucket}/grow")
+    log = writer.open_log("worker.log")
+    with log.open("ab") as fh:
+        fh.write(b"one\ntw")  # a torn last line waits for its end
+    writer.sync()
+    assert reader.exists("worker.log") and reader.list() == ["worker.log"]
+    assert reader.read_from("worker.log", 0) == b"one\n"
+    with log.open("ab") as fh:
+        fh.write(b"o\nthree\n")
+    writer.sync()
+    writer.sync()  # nothing new: nothing uploaded
+    assert reader.read_from("worker.log", 4) == b"two\nthree\n"
+    parts = writer._names(f"worker.log{PARTS}")  # type: ignore[attr-defined]
+    assert [reader.read_bytes(p) for p in parts] == [b"one\n", b"two\nthree\n"]  # each sync sent only what was new
+    writer.seal()
+    assert writer._names(f"worker.log{PARTS}") == []  # type: ignore[attr-defined]
+    assert reader.read_bytes("worker.log") == b"one\ntwo\nthree\n"
+    assert reader.read_from("worker.log", 14) == b"" and reader.read_from("worker.log", 8) == b"three\n"
+
+    # a later process (a resumed phase) appends after what was published, not after what a killed one left locally
+    (writer.workdir / "worker.log").write_bytes(b"one\ntwo\nthree\nlost, never published\n")
+    again = open_run(f"{bucket}/grow")
+    with again.open_log("worker.log").open("ab") as fh:
+        fh.write(b"four\n")
+    again.sync()
+    assert reader.read_from("worker.log", 14) == b"four\n"
+    assert open_run(f"{bucket}/grow").fetch("worker.log").read_bytes() == b"one\ntwo\nthree\nfour\n"

@@ -1,9 +1,17 @@
 """Run-directory I/O. The worker and the orchestrator only talk to a run dir through this.
 
-A run dir is addressed by a URI: a local path or ``file://`` now; ``gs://`` and
-``az://`` stores implement the same interface. The worker writes files under
-``RunStore.workdir`` (a local folder) and calls ``publish`` so a remote store can
-upload them; for a local store the two are the same folder.
+A run dir is addressed by a URI: a local path or ``file://``, ``gs://bucket/prefix`` or
+``az://account/container/prefix``. The worker writes files under ``RunStore.workdir`` (a local
+folder) and calls ``publish`` so a remote store can upload them; for a local store the two are
+the same folder.
+
+Growing files (metrics, logs) are written with ``open_log`` and made visible with ``sync``
+(each heartbeat) and ``seal`` (the end of a phase). A remote store publishes only what was
+appended since the last sync, as a part object named by its byte offset
+(``metrics/train.jsonl.parts/0000000000001234``); readers follow with ``read_from``, which
+reads the plain object and the parts as one file. ``seal`` writes the whole file once as a
+plain object and drops its parts. So the cost of a heartbeat is bounded by what is new,
+however long training runs.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -54,11 +63,27 @@ class RunStore(ABC):
         """Delete rel if it exists."""
 
     def read_from(self, rel: str, offset: int) -> bytes:
-        """The bytes of rel from offset on (b"" when rel is missing): for following growing files."""
+        """The bytes of rel from offset on (b"" when rel is missing): for following growing files. offset is 0 or
+        where an earlier read_from of this file ended (what a follower has)."""
         try:
             return self.read_bytes(rel)[offset:]
         except FileNotFoundError:
             return b""
+
+    # -- growing files: one process appends, others follow ------------------------------
+    def open_log(self, rel: str) -> Path:
+        """Prepare workdir/rel for this process to append to, and return its path."""
+        path = self.workdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def sync(self) -> None:
+        """Make the complete lines appended to the files opened with open_log visible in the run dir
+        (a no-op where workdir is the run dir). Called at each heartbeat."""
+
+    def seal(self) -> None:
+        """Make everything appended to the files opened with open_log visible, each as one plain file
+        (a no-op where workdir is the run dir). Called when a worker phase ends."""
 
     def publish(self, rel: str) -> None:
         """Make workdir/rel visible in the run dir (a no-op where workdir is the run dir)."""
@@ -128,9 +153,15 @@ class LocalRunStore(RunStore):
         (self.path / rel).unlink(missing_ok=True)
 
 
+PARTS = ".parts"  # <file>.parts/<16-digit byte offset>: what a writer appended since its previous sync
+_DELETERS = 8  # parallel deletes when sealing drops a long run's parts
+
+
 class RemoteRunStore(RunStore):
     """A run dir in a bucket or container: the worker writes under a local mirror (``workdir``) and publishes
-    files; readers read the bucket. Subclasses set ``prefix`` (the run dir's key prefix, no slashes around)."""
+    files; readers read the bucket. Subclasses set ``prefix`` (the run dir's key prefix, no slashes around) and
+    implement the object calls (``_exists``, ``read_bytes``, ``_read_range``, ``write_bytes``, ``_names``,
+    ``delete``)."""
 
     prefix = ""
 
@@ -141,6 +172,8 @@ class RemoteRunStore(RunStore):
         from gymflow.paths import home
 
         self._workdir = home() / "run-cache" / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self._appending: dict[str, int] = {}  # file opened with open_log -> bytes of it published
+        self._lock = threading.Lock()
 
     @property
     def workdir(self) -> Path:
@@ -158,31 +191,107 @@ class RemoteRunStore(RunStore):
         cut = len(self.prefix) + 1 if self.prefix else 0
         return sorted(name[cut:] for name in names)
 
-    def read_from(self, rel: str, offset: int) -> bytes:
-        """Only the bytes from offset on (a ranged read): a follower pays for what is new, not the whole file."""
-        from gymflow.errors import StorageError
+    @staticmethod
+    def _part(rel: str, offset: int) -> str:
+        return f"{rel}{PARTS}/{offset:016d}"
 
-        try:
-            return self._read_range(rel, offset)
-        except FileNotFoundError:
-            return b""
-        except StorageError as exc:
-            if exc.status == 416:  # nothing past the end yet
-                return b""
-            raise
+    @abstractmethod
+    def _exists(self, rel: str) -> bool:
+        """Whether the object of rel exists."""
+
+    @abstractmethod
+    def _names(self, prefix: str) -> list[str]:
+        """Relative names of every object under prefix, parts included, sorted."""
 
     @abstractmethod
     def _read_range(self, rel: str, offset: int) -> bytes:
         """The object's bytes from offset on; FileNotFoundError when it is missing."""
 
+    def exists(self, rel: str) -> bool:
+        return self._exists(rel) or self._exists(self._part(rel, 0))  # a growing file not sealed yet
+
+    def list(self, prefix: str = "") -> list[str]:
+        """The run dir's files; a growing file not sealed yet is listed once, by its own name."""
+        return sorted({name.split(f"{PARTS}/")[0] for name in self._names(prefix)})
+
+    def _get_or_none(self, rel: str, offset: int = 0) -> bytes | None:
+        from gymflow.errors import StorageError
+
+        try:
+            return self._read_range(rel, offset) if offset else self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
+        except StorageError as exc:
+            if exc.status == 416:  # nothing past the end yet
+                return b""
+            raise
+
+    def read_from(self, rel: str, offset: int) -> bytes:
+        """Only what is new from offset on: the part that starts there and those after it, or else the plain
+        object's bytes from there (a sealed file) - so a follower pays for what is new, not the whole file."""
+        out = bytearray()
+        position = offset
+        while True:
+            data = self._get_or_none(self._part(rel, position))
+            if data is None:
+                data = self._get_or_none(rel, position) or b""
+            if not data:
+                return bytes(out)
+            out += data
+            position += len(data)
+
     def publish(self, rel: str) -> None:
         self.write_bytes(rel, (self.workdir / rel).read_bytes())
 
     def fetch(self, rel: str) -> Path:
+        data = self.read_from(rel, 0)
+        if not data and not self.exists(rel):
+            raise FileNotFoundError(f"{self.uri}/{rel}")
         target = self.workdir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self.read_bytes(rel))
+        target.write_bytes(data)
         return target
+
+    def open_log(self, rel: str) -> Path:
+        """The mirror gets what the run dir holds first (replacing anything an earlier process on this machine
+        appended but never published), so that what this process appends follows it."""
+        with self._lock:
+            path = super().open_log(rel)
+            if rel not in self._appending:
+                data = self.read_from(rel, 0)
+                path.write_bytes(data)
+                self._appending[rel] = len(data)
+            return path
+
+    def _push(self, rel: str, whole_lines: bool) -> None:
+        """Upload what was appended to rel since the last push, as one part object named by its offset."""
+        done = self._appending[rel]
+        with (self.workdir / rel).open("rb") as fh:
+            fh.seek(done)
+            data = fh.read()
+        if whole_lines:
+            data = data[: data.rfind(b"\n") + 1]
+        if data:
+            self.write_bytes(self._part(rel, done), data)  # a retried upload rewrites the same bytes: harmless
+            self._appending[rel] = done + len(data)
+
+    def sync(self) -> None:
+        with self._lock:
+            for rel in list(self._appending):
+                self._push(rel, whole_lines=True)
+
+    def seal(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            for rel in list(self._appending):
+                self._push(rel, whole_lines=False)
+                with (self.workdir / rel).open("rb") as fh:
+                    self.write_bytes(rel, fh.read(self._appending[rel]))
+                parts = self._names(f"{rel}{PARTS}")
+                with ThreadPoolExecutor(_DELETERS) as pool:
+                    list(pool.map(self.delete, parts))  # readers read the same bytes from the plain file now
+            self._appending.clear()
 
 
 def local_path(uri: str) -> Path | None:

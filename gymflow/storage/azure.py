@@ -112,7 +112,7 @@ class AzureRunStore(RemoteRunStore):
             return False
         return True
 
-    def exists(self, rel: str) -> bool:
+    def _exists(self, rel: str) -> bool:
         return bool(self._call("reading", rel, lambda: self._container.get_blob_client(self._key(rel)).exists()))
 
     def read_bytes(self, rel: str) -> bytes:
@@ -128,7 +128,7 @@ class AzureRunStore(RemoteRunStore):
         blob = self._container.get_blob_client(self._key(rel))
         self._call("writing", rel, lambda: blob.upload_blob(data, overwrite=True))
 
-    def list(self, prefix: str = "") -> list[str]:
+    def _names(self, prefix: str) -> list[str]:
         return self._relative(self._call("listing", prefix, lambda: [
             b.name for b in self._container.list_blobs(name_starts_with=self._listing(prefix))]))
 

@@ -72,13 +72,14 @@ class GcsRunStore(RemoteRunStore):
         self.bucket_name, self.prefix = split(self.uri)
         _, self._errors, self._retry = _sdk()
         self._bucket = _client(os.environ.get("STORAGE_EMULATOR_HOST")).bucket(self.bucket_name)
+        self._bucket_seen = False  # a 404 asks once whether the bucket itself is missing
 
     def _call(self, what: str, rel: str, fn: Any) -> Any:
         """Run fn, turning the service's answers into errors that say what to do."""
         try:
             return fn()
         except self._errors.NotFound as exc:
-            if "bucket" in str(exc).lower() and not self.bucket_exists():
+            if not self._bucket_seen and not self.bucket_exists():
                 raise UserError(f"the bucket {self.bucket_name!r} does not exist: create it (gcloud storage buckets "
                                 f"create gs://{self.bucket_name})") from None
             raise FileNotFoundError(f"{self.uri}/{rel}") from None
@@ -94,9 +95,10 @@ class GcsRunStore(RemoteRunStore):
 
     def bucket_exists(self) -> bool:
         try:
-            return bool(self._bucket.exists(retry=self._retry))
+            self._bucket_seen = bool(self._bucket.exists(retry=self._retry))
         except self._errors.Forbidden:
-            return True  # it exists; we may not look at it
+            self._bucket_seen = True  # it exists; we may not look at it
+        return self._bucket_seen
 
     def create_bucket(self, location: str | None = None) -> bool:
         """Create the bucket if it is missing; True when this call created it."""
@@ -108,7 +110,7 @@ class GcsRunStore(RemoteRunStore):
             return False  # created meanwhile
         return True
 
-    def exists(self, rel: str) -> bool:
+    def _exists(self, rel: str) -> bool:
         return bool(self._call("reading", rel, lambda: self._bucket.blob(self._key(rel)).exists(retry=self._retry)))
 
     def read_bytes(self, rel: str) -> bytes:
@@ -124,7 +126,7 @@ class GcsRunStore(RemoteRunStore):
         blob = self._bucket.blob(self._key(rel))
         self._call("writing", rel, lambda: blob.upload_from_string(data, retry=self._retry))
 
-    def list(self, prefix: str = "") -> list[str]:
+    def _names(self, prefix: str) -> list[str]:
         blobs = self._call("listing", prefix, lambda: list(self._bucket.client.list_blobs(
             self.bucket_name, prefix=self._listing(prefix), retry=self._retry)))
         return self._relative([b.name for b in blobs])
