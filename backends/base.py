@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gymflow.errors import GymflowError, Problem
 from gymflow.results import SPEC_FILE
 from gymflow.spec import Spec
-from gymflow.storage import RunStore, open_run
+from gymflow.storage import RunStore, open_run, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Backend(ABC):
     def provision(self, spec: Spec) -> Handle:
         """Acquire what the trial runs on."""
         started = time.perf_counter()
+        prepare(spec.storage, spec.create_bucket)  # the run dir's folder, bucket or container
         handle = self._provision(spec)
         handle.provisioned = True
         logger.info("provisioned %s for trial %s in %.1f s", self.name, spec.trial_id, time.perf_counter() - started)

@@ -1,4 +1,10 @@
-"""The local backend: the worker is a subprocess on this machine, the run dir a local folder."""
+"""The local backend: the worker is a subprocess on this machine.
+
+The run dir may be a local folder or a bucket (gs://, az://). Either way this backend keeps its
+own files - the workers' pid files, their console output and the claim markers of warm
+workers - in the run dir's local folder (``RunStore.workdir``: the folder itself, or the local
+mirror of a bucket that the worker writes under), which the worker it starts shares.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,17 @@ import signal
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.base import Backend, BackendError, Features, Handle, Phase, Timing, WorkerState
+from backends.base import Backend, Features, Handle, Phase, Timing, WorkerState
 from gymflow.errors import Problem
 from gymflow import pool
 from gymflow.procs import pid_alive
 from gymflow.runtime.algorithms import THREADS_ENV
 from gymflow.spec import LocalBackendSpec, Spec
-from gymflow.storage import local_path
+from gymflow.storage import local_path, open_run
 from gymflow.worker import PARENT_ENV, STANDBY_FILE, WAITING_FILE
 
 logger = logging.getLogger(__name__)
@@ -65,12 +72,13 @@ class LocalBackend(Backend):
     default_timing: ClassVar[Timing] = Timing(poll_s=0.25, startup_grace_s=120.0, heartbeat_timeout_s=120.0)
 
     def output_hint(self, handle: Handle, phase: Phase) -> str:
-        return str(Path(handle.run_uri) / f"worker-{phase}.out")
+        console = _folder(handle.run_uri) / f"worker-{phase}.out"
+        if local_path(handle.run_uri) is not None:
+            return str(console)
+        return f"{super().output_hint(handle, phase)} (and the console output on this machine: {console})"
 
     def _check(self, spec: Spec) -> list[Problem]:
         problems = []
-        if local_path(spec.storage) is None:
-            problems.append(Problem("storage", f"the local backend needs a local run directory, got {spec.storage!r}"))
         if spec.algorithm.device == "cuda" and not _has_nvidia_gpu():
             problems.append(Problem("algorithm.device", "cuda was asked for, but this machine has no NVIDIA GPU "
                                                         "(no driver found); use auto or cpu, or a GPU backend"))
@@ -78,19 +86,18 @@ class LocalBackend(Backend):
 
     def _plan(self, spec: Spec) -> Handle:
         path = local_path(spec.storage)
-        if path is None:
-            raise BackendError(f"the local backend needs a local run directory, got {spec.storage!r}")
-        return Handle(backend=self.name, trial_id=spec.trial_id or "", run_uri=str(path.resolve()))
+        run_uri = str(path.resolve()) if path is not None else spec.storage.rstrip("/")
+        return Handle(backend=self.name, trial_id=spec.trial_id or "", run_uri=run_uri)
 
     def _provision(self, spec: Spec) -> Handle:
         handle = self._plan(spec)
-        Path(handle.run_uri).mkdir(parents=True, exist_ok=True)
+        _folder(handle.run_uri).mkdir(parents=True, exist_ok=True)
         return handle
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
         """Start the train worker now, so its start-up (Python, torch, SB3) overlaps the rest of setup;
         it waits until the train phase claims it."""
-        run_dir = Path(handle.run_uri)
+        run_dir = _folder(handle.run_uri)
         for name in (WAITING_FILE, STANDBY_FILE, _claimed(WAITING_FILE), _claimed(STANDBY_FILE)):
             (run_dir / name).unlink(missing_ok=True)  # left by an earlier run
         reused = self._reuse(handle)
@@ -116,7 +123,7 @@ class LocalBackend(Backend):
                 if pid in _processes and _alive(pid) and pool.claim(folder, pid, handle.run_uri):
                     _starting.pop(pid, None)
                     _serving[pid] = handle.run_uri
-                    (Path(handle.run_uri) / "worker-train.pid").write_text(str(pid))
+                    (_folder(handle.run_uri) / "worker-train.pid").write_text(str(pid))
                     logger.info("worker train: handed to the idle worker pid %d", pid)
                     return pid
             if not starting or time.monotonic() >= deadline:
@@ -151,7 +158,7 @@ class LocalBackend(Backend):
         return release_idle_workers()
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
-        run_dir = Path(handle.run_uri)
+        run_dir = _folder(handle.run_uri)
         if phase == "train":
             (run_dir / STANDBY_FILE).unlink(missing_ok=True)
             warm = self._claim(handle, WAITING_FILE, CLAIM_PATIENCE_S)
@@ -166,7 +173,7 @@ class LocalBackend(Backend):
         return {"pid": self._spawn(handle, phase, [])}
 
     def _spawn(self, handle: Handle, phase: Phase, extra: list[str]) -> int:
-        run_dir = Path(handle.run_uri)
+        run_dir = _folder(handle.run_uri)
         reuse = self._reuse_s()
         if phase == "train":
             extra = [*extra, *self._train_options(reuse)]
@@ -203,7 +210,7 @@ class LocalBackend(Backend):
 
         A worker that is still starting up gets `patience_s` to write its marker."""
         pid = self._pid(handle, "train")
-        path = Path(handle.run_uri) / marker
+        path = _folder(handle.run_uri) / marker
         deadline = time.monotonic() + patience_s
         while pid is not None and _alive(pid):
             if _marker_pid(path) == pid:
@@ -221,7 +228,7 @@ class LocalBackend(Backend):
         entry = handle.data.get(phase)
         if isinstance(entry, dict) and "pid" in entry:
             return int(entry["pid"])
-        pid_file = Path(handle.run_uri) / f"worker-{phase}.pid"
+        pid_file = _folder(handle.run_uri) / f"worker-{phase}.pid"
         try:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -232,7 +239,7 @@ class LocalBackend(Backend):
         pid = self._pid(handle, phase)
         if pid is None:
             return WorkerState(running=False, detail="never launched")
-        run_dir = Path(handle.run_uri)
+        run_dir = _folder(handle.run_uri)
         if phase == "train" and pid in (_marker_pid(run_dir / STANDBY_FILE), _marker_pid(run_dir / _claimed(STANDBY_FILE))):
             return WorkerState(running=False, exit_code=0, detail="trained; standing by for evaluate")
         if not self._serves(pid, handle):
@@ -289,6 +296,12 @@ def release_idle_workers() -> int:
                 released += 1
         pool.tidy(folder)
     return released
+
+
+@lru_cache(maxsize=256)
+def _folder(run_uri: str) -> Path:
+    """The run dir's local folder: where the worker writes, and this backend keeps pid files and markers."""
+    return open_run(run_uri).workdir
 
 
 def _has_nvidia_gpu() -> bool:

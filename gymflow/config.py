@@ -121,7 +121,7 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
 
 def trial_id_for(spec: Spec) -> str:
     """A short, stable id derived from what the trial computes (not where it runs or is stored)."""
-    content = spec.model_dump(mode="json", exclude={"storage", "trial_id", "backend", "tracking", "description", "sweep"})
+    content = spec.model_dump(mode="json", exclude={"storage", "create_bucket", "trial_id", "backend", "tracking", "description", "sweep"})
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
     algo = spec.algorithm.name
     return f"{algo}-s{spec.seed}-{digest}"

@@ -48,9 +48,12 @@ class RunFollower:
         out = []
         for line in self._new_lines(rel):
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 logger.debug("skipping a malformed line in %s", rel)
+                continue
+            if isinstance(record, dict) and "timesteps" in record:  # not a resume marker
+                out.append(record)
         return out
 
     def status(self) -> Status | None:

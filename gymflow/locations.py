@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from gymflow.errors import Problem, excerpt
 
+STORAGE_CHECK_ENV = "GYMFLOW_STORAGE_CHECK_S"
+DEFAULT_STORAGE_CHECK_S = 10.0
 TRACKING_CHECK_ENV = "GYMFLOW_TRACKING_CHECK_S"
 DEFAULT_TRACKING_CHECK_S = 5.0
 _MLFLOW_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"}
@@ -21,8 +25,8 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "tcp": 8786,
 _DB_PORTS = ("postgresql", "mysql", "mssql")
 
 
-def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
-    """Whether a run directory can be made at uri."""
+def storage_problems(uri: str, field: str = "storage", create: bool = False) -> list[Problem]:
+    """Whether a run directory can be made at uri (create: the spec's create_bucket)."""
     from gymflow.storage import local_path
 
     if "\x00" in uri:
@@ -31,25 +35,65 @@ def storage_problems(uri: str, field: str = "storage") -> list[Problem]:
     if path is None:
         scheme = urlparse(uri).scheme
         if scheme in ("gs", "az"):
-            return _remote_problems(uri, field)
+            return _remote_problems(uri, field, create)
         return [Problem(field, f"unknown scheme {scheme!r} in {excerpt(uri)}; use a local path, file://, gs:// or az://")]
     return folder_problems(path, field, "the run directory")
 
 
-def _remote_problems(uri: str, field: str) -> list[Problem]:
-    """A gs:// or az:// location names its bucket (account and container) and the SDK is installed; the bucket
-    itself is provision's business."""
+_ROOTS_SEEN: set[str] = set()  # buckets (containers) found to exist by this process: asked once
+
+
+def _remote_problems(uri: str, field: str, create: bool) -> list[Problem]:
+    """A gs:// or az:// location names its bucket (account and container), the SDK is installed, credentials are
+    found, and the bucket exists (or create_bucket asks provision to create it). The wait for the service is
+    GYMFLOW_STORAGE_CHECK_S (default 10 s; 0 skips asking it)."""
     import importlib
 
-    from gymflow.errors import UserError
+    from gymflow.errors import StorageError, UserError
+    from gymflow.paths import seconds
+    from gymflow.storage import RemoteRunStore, open_run
 
     module = importlib.import_module("gymflow.storage.gcs" if uri.startswith("gs://") else "gymflow.storage.azure")
     try:
         module._sdk()
         module.split(uri)
+        wait = seconds(STORAGE_CHECK_ENV, DEFAULT_STORAGE_CHECK_S)
+        if create or wait <= 0:
+            return []
+        store = open_run(uri)
+        if not isinstance(store, RemoteRunStore) or store.root_uri in _ROOTS_SEEN:
+            return []
+        if not _within(wait, store.root_exists):
+            return [Problem(field, store.missing_root())]
+        _ROOTS_SEEN.add(store.root_uri)
     except UserError as exc:
         return [Problem(field, str(exc))]
+    except (StorageError, TimeoutError) as exc:
+        return [Problem(field, f"could not ask whether the bucket of {excerpt(uri)} exists: {exc}. Check the network "
+                               f"and credentials, or set {STORAGE_CHECK_ENV}=0 to skip this check")]
     return []
+
+
+def _within(seconds: float, fn: Callable[[], bool]) -> bool:
+    """fn() in a daemon thread, waited for up to `seconds` (a client's own retries may take minutes)."""
+    import threading
+
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append(exc)
+
+    thread = threading.Thread(target=call, name="gymflow-storage-check", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return bool(box[0])
 
 
 def folder_problems(path: Path, field: str, what: str) -> list[Problem]:

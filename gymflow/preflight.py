@@ -77,16 +77,18 @@ def check(spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path]
 def _where_problems(trials: list[Spec], substituted: dict[str, Any]) -> list[Problem]:
     """Run directories and tracking stores: those of the trials, else the raw spec's strings."""
     storages = {t.storage for t in trials}
+    create = {t.storage for t in trials if t.create_bucket}
     uris = {t.tracking.uri for t in trials}
     if not trials:
         raw_storage = substituted.get("storage", "")
+        create = {raw_storage} if substituted.get("create_bucket") is True and isinstance(raw_storage, str) else set()
         storages = {raw_storage} if isinstance(raw_storage, str) and "${" not in raw_storage.replace("${trial_id}", "") else set()
         tracking = substituted.get("tracking")
         raw_uri = tracking.get("uri") if isinstance(tracking, dict) else None
         uris = {raw_uri} if raw_uri is None or isinstance(raw_uri, str) else set()
     problems: list[Problem] = []
     for storage in sorted(storages):
-        problems += locations.storage_problems(storage)
+        problems += locations.storage_problems(storage, create=storage in create)
     for uri in sorted(uris, key=str):
         problems += locations.tracking_problems(uri)
     return problems

@@ -346,6 +346,8 @@ class Spec(_Model):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str = Field(DEFAULT_STORAGE, min_length=1, description="Run directory: a local path or file://, gs://bucket/..., az://container/...")
+    create_bucket: bool = Field(False, description="gs:// or az:// storage: provision creates the bucket (container) when "
+                                "it is missing; otherwise a missing one is refused before anything starts.")
     backend: BackendSpec = Field(default_factory=LocalBackendSpec)
     sweep: SweepSpec | None = Field(None, description="Run many trials of this spec (gymflow sweep); absent in a trial's spec.")
     trial_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Set by gymflow: derived from the resolved spec.")

@@ -55,9 +55,9 @@ def watch_parent(interval_s: float = 2.0) -> None:
 
 @contextmanager
 def worker_log(store: RunStore) -> Iterator[None]:
-    """Append the worker's log records to RUN_URI/worker.log while the block runs."""
-    path = store.workdir / LOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append the worker's log records to RUN_URI/worker.log while the block runs; at its end, seal every growing
+    file of the run dir (what the heartbeat has not published yet becomes visible)."""
+    path = store.open_log(LOG_FILE)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
@@ -69,7 +69,7 @@ def worker_log(store: RunStore) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
-        store.publish(LOG_FILE)
+        store.seal()
 
 
 def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
@@ -91,7 +91,7 @@ def evaluate(store: RunStore) -> EvalReport:
     from gymflow.runtime.trainer import load_spec
 
     with worker_log(store):
-        status = StatusFile(store)
+        status = StatusFile(store, on_beat=store.sync)
         spec = load_spec(store)
         status.start(state="running", phase="evaluate")
         try:
@@ -137,7 +137,7 @@ def next_trial(seconds: float) -> str | None:
     """
     from gymflow import pool
     from gymflow.runtime.algorithms import THREADS_ENV
-    from gymflow.storage import local_path
+    from gymflow.storage import open_run
 
     parent = os.environ.get(PARENT_ENV)
     if not parent or not parent.isdigit() or seconds <= 0:
@@ -145,12 +145,11 @@ def next_trial(seconds: float) -> str | None:
     run_uri = pool.offer(pool.pool_dir(int(parent), os.environ.get(THREADS_ENV)), seconds)
     if not run_uri:
         return None  # nothing came, or the orchestrator released this worker
-    path = local_path(run_uri)
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        with (path / "worker-train.out").open("ab") as out:
-            for fd in (1, 2):
-                os.dup2(out.fileno(), fd)
+    folder = open_run(run_uri).workdir  # the run dir's local folder, where the backend looks for it
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "worker-train.out").open("ab") as out:
+        for fd in (1, 2):
+            os.dup2(out.fileno(), fd)
     logger.info("handed the next trial: %s", run_uri)
     return run_uri
 

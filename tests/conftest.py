@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,49 @@ def make_run(tmp_path: Path) -> Callable[..., Any]:
         return store
 
     return make
+
+
+# -- the storage emulators: fake-gcs-server (PyPI) and Azurite (npm), one of each per session --
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[str]:
+    from gcs_emulator import fake_gcs_server
+
+    with fake_gcs_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def azurite_connection() -> Iterator[str]:
+    from azurite import azurite
+
+    with azurite() as connection:
+        yield connection
+
+
+@pytest.fixture(params=["gs", "az"])
+def bucket(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket (gs://) or container (az://) on its emulator: its URI."""
+    name = f"gymflow-test-{uuid.uuid4().hex[:10]}"
+    if request.param == "gs":
+        from gymflow.storage.gcs import GcsRunStore
+
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
+        assert GcsRunStore(f"gs://{name}").create_bucket() is True
+        return f"gs://{name}"
+    from azurite import ACCOUNT
+    from gymflow.storage.azure import AzureRunStore
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", request.getfixturevalue("azurite_connection"))
+    assert AzureRunStore(f"az://{ACCOUNT}/{name}").create_container() is True
+    return f"az://{ACCOUNT}/{name}"
+
+
+@pytest.fixture
+def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """STORAGE_EMULATOR_HOST set, and a fresh bucket: returns its gs:// URI."""
+    from gymflow.storage.gcs import GcsRunStore
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    bucket = f"gymflow-test-{uuid.uuid4().hex[:10]}"
+    assert GcsRunStore(f"gs://{bucket}").create_bucket() is True
+    return f"gs://{bucket}"

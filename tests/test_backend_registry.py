@@ -58,12 +58,6 @@ def test_broken_plugin_named_by_the_spec_is_a_clear_error(installed_plugin: str)
         backends.create(spec)
 
 
-def test_local_backend_refuses_remote_storage() -> None:
-    spec = config.resolve(base_spec(storage="gs://bucket/${trial_id}"), deep=False)
-    with pytest.raises(SpecError, match=r"storage: the local backend needs a local run directory, got 'gs://bucket/"):
-        backends.create(spec)
-
-
 def test_teardown_is_idempotent_and_safe_before_provisioning(tmp_path: Path) -> None:
     spec = config.resolve(base_spec(storage=str(tmp_path / "run")), deep=False)
     backend = backends.create(spec)

@@ -3,11 +3,7 @@ fake-gcs-server and Azurite (no mocks)."""
 
 from __future__ import annotations
 
-import http.client
-import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,48 +11,7 @@ import pytest
 import yaml
 
 from conftest import base_spec
-from azurite import ACCOUNT, azurite
-from gcs_emulator import fake_gcs_server
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    with fake_gcs_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def azurite_connection() -> Iterator[str]:
-    with azurite() as connection:
-        yield connection
-
-
-@pytest.fixture(params=["gs", "az"])
-def bucket(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket (gs://) or container (az://) on its emulator: its URI."""
-    name = f"gymflow-test-{uuid.uuid4().hex[:10]}"
-    if request.param == "gs":
-        from gymflow.storage.gcs import GcsRunStore
-
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
-        assert GcsRunStore(f"gs://{name}").create_bucket() is True
-        return f"gs://{name}"
-    from gymflow.storage.azure import AzureRunStore
-
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", request.getfixturevalue("azurite_connection"))
-    assert AzureRunStore(f"az://{ACCOUNT}/{name}").create_container() is True
-    return f"az://{ACCOUNT}/{name}"
-
-
-@pytest.fixture
-def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """STORAGE_EMULATOR_HOST set, and a fresh bucket: returns its gs:// URI."""
-    from gymflow.storage.gcs import GcsRunStore
-
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    bucket = f"gymflow-test-{uuid.uuid4().hex[:10]}"
-    assert GcsRunStore(f"gs://{bucket}").create_bucket() is True
-    return f"gs://{bucket}"
+from azurite import ACCOUNT
 
 
 def test_a_run_dir_in_a_bucket_reads_writes_lists_and_deletes(bucket: str) -> None:
@@ -153,72 +108,27 @@ def test_a_spec_file_in_a_bucket_validates(gcs: str, cli: Any, tmp_path: Path) -
     assert missing.code == 2 and f"spec file not found: {gcs}/specs/nope.yaml. Check the URI." in missing.stderr
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """Answers 503 to the first `failures` requests, then forwards to the emulator."""
-
-    upstream = ""
-    failures = 0
-    seen = 0
-    lock = threading.Lock()
-
-    def _handle(self) -> None:
-        with self.lock:
-            type(self).seen += 1
-            fail = type(self).seen <= self.failures
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if fail:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        host, port = self.upstream.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-        conn.request(self.command, self.path, body=body or None, headers=headers)
-        answer = conn.getresponse()
-        data = answer.read()
-        self.send_response(answer.status)
-        for key, value in answer.getheaders():
-            if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        conn.close()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_transient_503s_are_retried(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_503s_and_dropped_connections_are_retried(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
-    import re
 
+    from fault_proxy import Faults, fault_proxy, upstream_of, via
     from gymflow.storage import open_run
 
-    if bucket.startswith("gs://"):
-        upstream = os.environ["STORAGE_EMULATOR_HOST"]
-    else:
-        upstream = re.search(r"BlobEndpoint=(http://[^/;]+)", os.environ["AZURE_STORAGE_CONNECTION_STRING"])[1]  # type: ignore[index]
-    handler = type("Flaky", (_Flaky,), {"upstream": upstream, "failures": 0, "seen": 0})
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    via = f"http://127.0.0.1:{proxy.server_address[1]}"
-    try:
-        if bucket.startswith("gs://"):
-            monkeypatch.setenv("STORAGE_EMULATOR_HOST", via)
-        else:
-            monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(upstream, via))
+    faults = Faults()
+    with fault_proxy(upstream_of(bucket, dict(os.environ)), faults) as proxy:
+        for key, value in via(bucket, dict(os.environ), proxy).items():
+            monkeypatch.setenv(key, value)
         store = open_run(f"{bucket}/flaky")
-        handler.failures, handler.seen = 2, 0
+        faults.fail_first, faults.seen = 2, 0
         store.write_text("status.json", '{"state": "running"}')
-        handler.failures, handler.seen = 2, 0
+        faults.fail_first, faults.seen = 2, 0
         assert store.read_text("status.json") == '{"state": "running"}'
-        assert handler.seen >= 3  # two 503s, then the call that went through
-    finally:
-        proxy.shutdown()
+        assert faults.seen >= 3  # two 503s, then the call that went through
+        faults.fail_first, faults.every_drop, faults.every_drop_after, faults.seen = 0, 3, 4, 0
+        for i in range(6):
+            store.write_text(f"f{i}.json", str(i))
+        assert [store.read_text(f"f{i}.json") for i in range(6)] == [str(i) for i in range(6)]
+        assert faults.injected >= 4
 
 
 def test_a_growing_file_is_published_as_parts_followed_and_sealed(bucket: str) -> None:

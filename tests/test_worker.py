@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,10 @@ def _status(store: Any) -> Status:
 
 
 def _records(store: Any, rel: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (store.workdir / rel).read_text().splitlines()]
+    """The metrics file's timeline (a resume marker drops what the killed attempt trained past its checkpoint)."""
+    from gymflow.runtime.metrics import read_jsonl
+
+    return read_jsonl(store.fetch(rel))
 
 
 def test_train_then_evaluate_fills_the_run_dir(make_run: Any, cli: Any) -> None:

@@ -112,6 +112,7 @@ def newest(store: RunStore) -> Checkpoint | None:
 def _prune(store: RunStore, keep: int) -> None:
     for old in _complete(store)[:-keep]:
         rel = str(old.folder.relative_to(store.workdir))
+        store.delete(f"{rel}/{META}")  # first: a prune cut short leaves an incomplete checkpoint, never a false one
         for file in store.list(rel):
             store.delete(file)
         shutil.rmtree(old.folder, ignore_errors=True)

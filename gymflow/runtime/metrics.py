@@ -1,4 +1,9 @@
-"""Metrics as JSON lines in the run dir, written while training runs."""
+"""Metrics as JSON lines in the run dir, written while training runs.
+
+The files are only ever appended to (a remote run dir publishes them in parts). A phase that
+resumes from a checkpoint first appends a marker, ``{"resumed_from": T}``: readers drop the
+records past T that came before it (the killed attempt trained past its last checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.logger import KVWriter
+
+RESUMED = "resumed_from"
 
 
 def _number(value: Any) -> float | None:
@@ -22,10 +29,13 @@ def _number(value: Any) -> float | None:
 class JsonlMetrics:
     """Appends one JSON object per record: {"timesteps": N, "time": t, name: value, ...}."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resumed_from: int | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = path.open("a", encoding="utf-8")
+        if resumed_from is not None:
+            self._fh.write(json.dumps({RESUMED: int(resumed_from), "time": round(time.time(), 3)}) + "\n")
+            self._fh.flush()
 
     def write(self, timesteps: int, values: dict[str, Any]) -> None:
         record: dict[str, Any] = {"timesteps": int(timesteps), "time": round(time.time(), 3)}
@@ -54,21 +64,19 @@ class Sb3JsonlWriter(KVWriter):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a JSON-lines file (a torn last line is skipped)."""
+    """The records of a JSON-lines metrics file as the trial's timeline: a torn last line is skipped, and a resume
+    marker drops the records past its checkpoint that came before it."""
     if not path.exists():
         return []
-    records = []
+    records: list[dict[str, Any]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if "timesteps" not in record and RESUMED in record:
+            cut = record[RESUMED]
+            records = [r for r in records if r.get("timesteps", 0) <= cut]
+            continue
+        records.append(record)
     return records
-
-
-def truncate_after(path: Path, timesteps: int) -> None:
-    """Drop records past a checkpoint, so a resumed run does not log them twice."""
-    if not path.exists():
-        return
-    kept = [r for r in read_jsonl(path) if r.get("timesteps", 0) <= timesteps]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

@@ -72,10 +72,10 @@ class StatusFile:
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
+                if self._on_beat is not None:  # first, so a status that moved comes with the lines behind it
+                    self._on_beat()
                 timesteps, episodes = getattr(self, "_progress", (self.status.timesteps, self.status.episodes))
                 self.update(timesteps=timesteps, episodes=episodes)
-                if self._on_beat is not None:
-                    self._on_beat()
             except Exception:  # noqa: BLE001 - a failed heartbeat must not kill training
                 logger.exception("heartbeat failed")
 

@@ -66,8 +66,9 @@ class Trainer:
         self.store = store
         self.spec = load_spec(store)
         self.on_progress = on_progress
-        self.status = StatusFile(store)
+        self.status = StatusFile(store, on_beat=store.sync)  # each heartbeat publishes new metric and log lines
         self.progress = Progress()
+        self.resumed_from: int | None = None
 
     def run(self) -> str:
         """Train; return the final state ('completed' or 'interrupted'). Raises on failure."""
@@ -106,7 +107,7 @@ class Trainer:
                     model.load_replay_buffer(ckpt.replay_buffer)
                 self.progress.restore(ckpt.meta)
                 self.status.update(resumed_from=ckpt.timesteps)
-                self._truncate_metrics(ckpt.timesteps)
+                self.resumed_from = ckpt.timesteps
             else:
                 model = build_model(spec.algorithm, venv, spec.seed, device)
             self._learn(model)
@@ -117,12 +118,6 @@ class Trainer:
             return "completed"
         finally:
             venv.close()
-
-    def _truncate_metrics(self, timesteps: int) -> None:
-        from gymflow.runtime.metrics import truncate_after
-
-        for rel in (TRAIN_METRICS, EVAL_METRICS):
-            truncate_after(self.store.fetch(rel), timesteps)
 
     def _report(self, timesteps: int, episodes: int) -> None:
         self.status.set_progress(timesteps, episodes)
@@ -142,7 +137,7 @@ class Trainer:
         done = int(model.num_timesteps)
         if budget.timesteps is not None and done >= budget.timesteps:
             return
-        train_metrics = JsonlMetrics(self.store.workdir / TRAIN_METRICS)
+        train_metrics = JsonlMetrics(self.store.open_log(TRAIN_METRICS), self.resumed_from)
         model.set_logger(Logger(folder=None, output_formats=[Sb3JsonlWriter(train_metrics)]))
         callbacks: list[Any] = [BudgetCallback(self.progress, budget.timesteps, budget.episodes, self._report)]
         evaluation = self._periodic_evaluation(model)
@@ -155,17 +150,11 @@ class Trainer:
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=False, progress_bar=False)
         finally:
             train_metrics.close()
-            self._publish_metrics()
         elapsed = time.perf_counter() - started
         logger.info("trained %d timesteps in %.1f s (%.0f steps/s), peak memory %.0f MB", model.num_timesteps - done, elapsed,
                     (model.num_timesteps - done) / max(elapsed, 1e-9), peak_rss_mb())
         if evaluation is not None and self.progress.last_eval_timesteps != model.num_timesteps and not self.progress.stop_requested.is_set():
             evaluation()
-
-    def _publish_metrics(self) -> None:
-        for rel in (TRAIN_METRICS, EVAL_METRICS):
-            if (self.store.workdir / rel).exists():
-                self.store.publish(rel)
 
     def _periodic_evaluation(self, model: Any) -> PeriodicEvaluation | None:
         from gymflow.runtime.evaluation import eval_env, run_episodes, sync_normalization
@@ -175,7 +164,7 @@ class Trainer:
         if cfg.every_timesteps is None:
             return None
         venv = eval_env(self.spec)
-        metrics = JsonlMetrics(self.store.workdir / EVAL_METRICS)
+        metrics = JsonlMetrics(self.store.open_log(EVAL_METRICS), self.resumed_from)
 
         def evaluate() -> EvalReport:
             sync_normalization(model.get_env(), venv)
@@ -183,7 +172,6 @@ class Trainer:
 
         def record(report: EvalReport, improved: bool) -> None:
             metrics.write(report.timesteps, report.model_dump(exclude={"episodes", "deterministic", "timesteps"}))
-            self.store.publish(EVAL_METRICS)
             if improved and cfg.keep_best:
                 files = checkpoints.save_model_files(model, self.store.workdir / BEST_DIR)
                 for path in files:

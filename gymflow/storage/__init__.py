@@ -153,6 +153,7 @@ class LocalRunStore(RunStore):
         (self.path / rel).unlink(missing_ok=True)
 
 
+CREATE_HINT = ", or set create_bucket: true in the spec to have provision create it"
 PARTS = ".parts"  # <file>.parts/<16-digit byte offset>: what a writer appended since its previous sync
 _DELETERS = 8  # parallel deletes when sealing drops a long run's parts
 
@@ -194,6 +195,23 @@ class RemoteRunStore(RunStore):
     @staticmethod
     def _part(rel: str, offset: int) -> str:
         return f"{rel}{PARTS}/{offset:016d}"
+
+    @property
+    @abstractmethod
+    def root_uri(self) -> str:
+        """The bucket (account and container) as a URI."""
+
+    @abstractmethod
+    def root_exists(self) -> bool:
+        """Whether the bucket (container) of the run dir exists."""
+
+    @abstractmethod
+    def create_root(self) -> bool:
+        """Create the bucket (container) if it is missing; True when this call created it."""
+
+    @abstractmethod
+    def missing_root(self) -> str:
+        """The message for a missing bucket (container): what it is and how to create it."""
 
     @abstractmethod
     def _exists(self, rel: str) -> bool:
@@ -292,6 +310,22 @@ class RemoteRunStore(RunStore):
                 with ThreadPoolExecutor(_DELETERS) as pool:
                     list(pool.map(self.delete, parts))  # readers read the same bytes from the plain file now
             self._appending.clear()
+
+
+def prepare(uri: str, create: bool) -> None:
+    """Provision's part for the run dir: a local folder is made; a remote one's bucket (container) must exist, and is
+    created when `create` (the spec's create_bucket) says so; otherwise its absence is a UserError saying how to fix it."""
+    store = open_run(uri)
+    if isinstance(store, LocalRunStore):
+        store.path.mkdir(parents=True, exist_ok=True)
+        return
+    assert isinstance(store, RemoteRunStore)
+    if store.root_exists():
+        return
+    if not create:
+        raise UserError(store.missing_root())
+    if store.create_root():
+        logger.info("created the bucket of %s", uri)
 
 
 def local_path(uri: str) -> Path | None:

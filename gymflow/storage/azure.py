@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
-from gymflow.storage import RemoteRunStore
+from gymflow.storage import CREATE_HINT, RemoteRunStore
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,7 @@ class AzureRunStore(RemoteRunStore):
             return fn()
         except errors.ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
-                raise UserError(f"the container {self.container_name!r} does not exist in the storage account "
-                                f"{self.account!r}: create it (az storage container create --name {self.container_name} "
-                                f"--account-name {self.account})") from None
+                raise UserError(self.missing_root()) from None
             raise FileNotFoundError(f"{self.uri}/{rel}") from None
         except errors.ClientAuthenticationError as exc:
             raise UserError(f"{what} {self.uri}/{rel} was refused: the credentials are not valid for the storage "
@@ -103,6 +101,21 @@ class AzureRunStore(RemoteRunStore):
                 raise UserError(f"{what} {self.uri}/{rel} was denied (403): the identity in use needs the role "
                                 f"'Storage Blob Data Contributor' on the storage account {self.account!r}") from None
             raise StorageError(f"{what} {self.uri}/{rel} failed: {exc.status_code} {exc.reason}", exc.status_code) from exc
+
+    def missing_root(self) -> str:
+        return (f"the container {self.container_name!r} does not exist in the storage account {self.account!r}: create "
+                f"it (az storage container create --name {self.container_name} --account-name {self.account})"
+                f"{CREATE_HINT}")
+
+    @property
+    def root_uri(self) -> str:
+        return f"az://{self.account}/{self.container_name}"
+
+    def root_exists(self) -> bool:
+        return bool(self._call("checking", "", lambda: self._container.exists()))
+
+    def create_root(self) -> bool:
+        return self.create_container()
 
     def create_container(self) -> bool:
         """Create the container if it is missing; True when this call created it."""

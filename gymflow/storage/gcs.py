@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
-from gymflow.storage import RemoteRunStore
+from gymflow.storage import CREATE_HINT, RemoteRunStore
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,9 @@ class GcsRunStore(RemoteRunStore):
         """Run fn, turning the service's answers into errors that say what to do."""
         try:
             return fn()
-        except self._errors.NotFound as exc:
+        except self._errors.NotFound:
             if not self._bucket_seen and not self.bucket_exists():
-                raise UserError(f"the bucket {self.bucket_name!r} does not exist: create it (gcloud storage buckets "
-                                f"create gs://{self.bucket_name})") from None
+                raise UserError(self.missing_root()) from None
             raise FileNotFoundError(f"{self.uri}/{rel}") from None
         except self._errors.Forbidden as exc:
             raise UserError(f"{what} gs://{self.bucket_name}/{self._key(rel)} was denied ({exc.code}): the account "
@@ -92,6 +91,20 @@ class GcsRunStore(RemoteRunStore):
     def _account(self) -> str:
         credentials = getattr(self._bucket.client, "_credentials", None)
         return getattr(credentials, "service_account_email", None) or "in use (Application Default Credentials)"
+
+    def missing_root(self) -> str:
+        return (f"the bucket {self.bucket_name!r} does not exist: create it (gcloud storage buckets create "
+                f"gs://{self.bucket_name}){CREATE_HINT}")
+
+    @property
+    def root_uri(self) -> str:
+        return f"gs://{self.bucket_name}"
+
+    def root_exists(self) -> bool:
+        return self.bucket_exists()
+
+    def create_root(self) -> bool:
+        return self.create_bucket()
 
     def bucket_exists(self) -> bool:
         try:
