@@ -275,6 +275,20 @@ class LocalBackend(Backend):
     def _teardown(self, handle: Handle) -> None:
         for phase in ("train", "evaluate"):
             self._stop(handle, phase)  # type: ignore[arg-type]
+        if local_path(handle.run_uri) is None:
+            _clear_mirror(_folder(handle.run_uri))
+
+
+def _clear_mirror(folder: Path) -> None:
+    """A bucket's run dir leaves no copies behind on this machine (models and checkpoints are in the bucket); only
+    the workers' console output stays, for a post-mortem."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif not (entry.name.startswith("worker-") and entry.name.endswith(".out")):
+            entry.unlink(missing_ok=True)
 
 
 def release_idle_workers() -> int:

@@ -23,7 +23,8 @@ class Faults:
     every_503: int = 0  # then answer 503 to every Nth request
     every_drop: int = 0  # close the connection without an answer on every Nth request (the emulator never sees it)
     every_drop_after: int = 0  # forward every Nth request, then close without passing on the answer
-    hold: re.Pattern[str] | None = None  # requests whose URL matches wait until released (an upload cut midway)
+    limit: int | None = None  # inject at most this many faults in all (each one costs the client a backoff)
+    hold: re.Pattern[str] | None = None  # requests whose URL or body matches wait until released (an upload cut midway)
     seen: int = 0
     injected: int = 0
     held: int = 0
@@ -42,24 +43,26 @@ class _Handler(BaseHTTPRequestHandler):
             faults.seen += 1
             n = faults.seen
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if faults.hold is not None and faults.hold.search(self.path):
+        if faults.hold is not None and faults.hold.search(self.path + "\n" + body.decode("latin-1")):
             with faults.lock:
                 faults.held += 1
             faults.release.wait()
             self._drop()
             return
-        if n <= faults.fail_first or (faults.every_503 and n % faults.every_503 == 0):
+        if faults.limit is not None and faults.injected >= faults.limit:
+            n = 0  # the network has healed
+        if n and (n <= faults.fail_first or (faults.every_503 and n % faults.every_503 == 0)):
             self._count()
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if faults.every_drop and n % faults.every_drop == 0:
+        if n and faults.every_drop and n % faults.every_drop == 0:
             self._count()
             self._drop()
             return
         status, headers, data = self._forward(body)
-        if faults.every_drop_after and n % faults.every_drop_after == 0:
+        if n and faults.every_drop_after and n % faults.every_drop_after == 0:
             self._count()
             self._drop()
             return

@@ -30,6 +30,9 @@ def _sdk() -> tuple[Any, Any]:
         from azure.storage.blob import BlobServiceClient
     except ImportError:
         raise MissingExtraError("azure-storage-blob", "azure", "An az:// run directory") from None
+    # azure-core logs every request and response at INFO: in a worker at INFO that would flood worker.log (and be
+    # published with it at each heartbeat). Its warnings still come through.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     return BlobServiceClient, exceptions
 
 
@@ -97,6 +100,10 @@ class AzureRunStore(RemoteRunStore):
                 raise UserError(f"{what} {self.uri}/{rel} was refused (403): the request's signature does not match "
                                 f"the storage account {self.account!r}; check the account key in {CONNECTION_ENV}, "
                                 "or `az login`") from None
+            if exc.status_code == 403 and "SharedAccessSignature=" in (os.environ.get(CONNECTION_ENV) or ""):
+                raise UserError(f"{what} {self.uri}/{rel} was denied (403): the shared access signature in "
+                                f"{CONNECTION_ENV} does not allow it; make one with read, add, create, write, delete and "
+                                "list permissions on the container (or use the account key or `az login`)") from None
             if exc.status_code == 403:
                 raise UserError(f"{what} {self.uri}/{rel} was denied (403): the identity in use needs the role "
                                 f"'Storage Blob Data Contributor' on the storage account {self.account!r}") from None
