@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -153,15 +155,12 @@ class Backend(ABC):
         return f"{handle.run_uri.rstrip('/')}/worker.log"
 
     # -- many trials from one process (sweeps) ---------------------------------------
-    def prestart(self, count: int) -> int:
-        """Start up to `count` workers ahead of the trials that this process will run, so that their start-up
-        overlaps the orchestrator's own (counting those started ahead earlier and not handed a trial yet);
-        returns how many it started now. Default: none."""
-        return 0
-
-    def release_idle(self) -> int:
-        """Stop the workers this process keeps warm for further trials; returns how many. Default: none."""
-        return 0
+    @contextmanager
+    def sweep_scope(self, trials: int) -> Iterator[None]:
+        """Around the trials of a sweep that this process runs, up to `trials` at once: a backend may start what
+        they need ahead (so that start-up overlaps the orchestrator's own) and keep it warm between trials; it
+        releases whatever is left when the scope ends. Scopes may nest. Default: nothing."""
+        yield
 
     # -- hooks -------------------------------------------------------------------
     @abstractmethod

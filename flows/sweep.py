@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,10 +183,8 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     workers = slots(len(todo), max_parallel)
     todo = for_local_slots(todo, workers, remote=bool(address))
     in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
-    here = backends.create(todo[0]) if in_process else None
-    with _releasing_idle_workers(here):
-        if here is not None:  # their start-up (torch, SB3) overlaps this process loading MLflow and Dask
-            here.prestart(min(workers, len(todo)))  # those `gymflow sweep` started already count
+    here = backends.create(todo[0]).sweep_scope(min(workers, len(todo))) if in_process else nullcontext()
+    with here:  # workers started ahead overlap this process loading MLflow and Dask; those `gymflow sweep` started count
         tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
         trials = [pin_for_workers(t, tracking_uri) for t in expanded]
         todo = [pin_for_workers(t, tracking_uri) for t in todo]
@@ -206,16 +203,6 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
 def _tracked(tracking_uri: str, name: str, trials: list[Spec], sid: str) -> tuple[Tracker, str]:
     tracker = Tracker(tracking_uri)
     return tracker, _parent_run(tracker, name, trials, sid)
-
-
-@contextmanager
-def _releasing_idle_workers(backend: backends.Backend | None) -> Iterator[None]:
-    """Workers kept warm for the trials that ran in this process stop with the sweep."""
-    try:
-        yield
-    finally:
-        if backend is not None:
-            backend.release_idle()
 
 
 def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int,

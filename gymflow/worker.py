@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -28,8 +28,6 @@ _watching = False
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PARENT_ENV = "GYMFLOW_PARENT_PID"
-STANDBY_FILE = "worker.standby"  # a trained worker waiting to be handed the evaluate phase (local run dirs)
-WAITING_FILE = "worker.waiting"  # a worker started during setup, waiting to be handed the train phase
 
 
 def watch_parent(interval_s: float = 2.0) -> None:
@@ -102,54 +100,3 @@ def evaluate(store: RunStore) -> EvalReport:
             raise
         status.finish("completed")
         return report
-
-
-
-def wait_to_be_claimed(store: RunStore, marker: str, seconds: float, warm_up: Callable[[], object] | None = None) -> bool:
-    """Write `marker` (this pid) in the run dir, warm up, and wait up to `seconds` to be claimed; True when claimed.
-
-    The local backend starts a worker before it is needed (during setup; or it keeps the trained
-    worker for the evaluate phase) and claims it by renaming the marker; on timeout the worker
-    deletes the marker instead. Only one of the two can succeed, so exactly one side decides.
-    """
-    watch_parent()  # an orchestrator that disappears meanwhile takes this worker with it
-    path = store.workdir / marker
-    path.write_text(str(os.getpid()))
-    if warm_up is not None:
-        warm_up()  # e.g. import torch and SB3 while the orchestrator finishes setting up
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not path.exists():
-            return True
-        time.sleep(0.02)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return True  # claimed at the last moment
-    return False
-
-
-def next_trial(seconds: float) -> str | None:
-    """Wait idle in the pool of the orchestrator that started this worker for its next trial's run URI.
-
-    Only a worker started by an orchestrator (GYMFLOW_PARENT_PID) joins a pool. Once handed a
-    run, its output goes to that run's worker-train.out, as if it had been started for it.
-    """
-    from gymflow import pool
-    from gymflow.runtime.algorithms import THREADS_ENV
-    from gymflow.storage import open_run
-
-    parent = os.environ.get(PARENT_ENV)
-    if not parent or not parent.isdigit() or seconds <= 0:
-        return None
-    run_uri = pool.offer(pool.pool_dir(int(parent), os.environ.get(THREADS_ENV)), seconds)
-    if not run_uri:
-        return None  # nothing came, or the orchestrator released this worker
-    folder = open_run(run_uri).workdir  # the run dir's local folder, where the backend looks for it
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "worker-train.out").open("ab") as out:
-        for fd in (1, 2):
-            os.dup2(out.fileno(), fd)
-    logger.info("handed the next trial: %s", run_uri)
-    return run_uri
-

@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from backends.base import BackendError, Handle, Phase, TransientBackendError
-from backends.local import LocalBackend, _processes
+from backends.local import LocalBackend
+from backends.local.backend import _processes
 from gymflow.spec import Spec
 
 

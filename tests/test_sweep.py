@@ -115,25 +115,23 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
 def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_flow_adds_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import backends
-    from backends.local import _starting
+    from backends.local.backend import _starting
     from gymflow.cli import pipeline
     from gymflow.procs import pid_alive
     from gymflow.sweep import DASK_ADDRESS_ENV, for_local_slots
 
     base, trials = expand(_sweep_spec(tmp_path, {"seeds": [0, 1, 2], "max_parallel": 2}, **SMALL))
-    ahead = pipeline.start_workers_ahead(base, trials)
-    try:
+    with pipeline.sweep_scope(base, trials):
         started = dict(_starting)
-        assert ahead is not None and len(started) == 2
-        # the sweep flow asks the same backend settings for its slots: the two already starting count
-        assert backends.create(for_local_slots(trials[:1], 2, remote=False)[0]).prestart(2) == 0
-        assert dict(_starting) == started
-    finally:
-        released = ahead.release_idle() if ahead is not None else 0
-    assert released == 2 and not any(pid_alive(pid) for pid in started)
+        assert len(started) == 2 and all(pid_alive(pid) for pid in started)
+        # the sweep flow opens the same backend's scope for its slots: the two already starting count
+        with backends.create(for_local_slots(trials[:1], 2, remote=False)[0]).sweep_scope(2):
+            assert dict(_starting) == started
+    assert not _starting and not any(pid_alive(pid) for pid in started)  # released when the scope ended
     # trials that run on an existing cluster are not started here
     monkeypatch.setenv(DASK_ADDRESS_ENV, "tcp://127.0.0.1:1")
-    assert pipeline.start_workers_ahead(base, trials) is None
+    with pipeline.sweep_scope(base, trials):
+        assert not _starting
 
 
 def test_the_worker_applies_the_torch_thread_limit_its_backend_sets() -> None:

@@ -154,7 +154,8 @@ def test_a_finished_worker_is_handed_the_next_trial_of_its_orchestrator_unless_i
 def test_workers_started_ahead_of_the_trials_are_handed_them_and_the_unused_ones_released(tmp_path: Path,
                                                                                           mlflow_uri: str) -> None:
     import backends
-    from backends.local import _starting
+    from backends.local import release_idle_workers
+    from backends.local.backend import _starting
     from gymflow.procs import pid_alive
 
     spec = _spec(tmp_path, seed=4, backend={"kind": "local", "reuse_workers_s": 60})
@@ -169,7 +170,7 @@ def test_workers_started_ahead_of_the_trials_are_handed_them_and_the_unused_ones
     assert "handed the next trial" in (run_dir / "worker-train.out").read_text()
     assert json.loads((run_dir / "eval.json").read_text())["timesteps"] == 512
     assert pid_alive(pid)  # back in the pool, next to the one that was never needed
-    assert backend.release_idle() == 2
+    assert release_idle_workers() == 2
     assert not pid_alive(pid) and workers_gone(run_dir)
     unpooled = backends.create(_spec(tmp_path, seed=5))
     assert unpooled.prestart(2) == 0  # workers that are not reused are not started ahead either
@@ -178,7 +179,7 @@ def test_workers_started_ahead_of_the_trials_are_handed_them_and_the_unused_ones
 def test_a_waiting_worker_that_was_not_claimed_in_time_gives_up_and_the_phase_starts_a_fresh_one(make_run: Any) -> None:
     import backends
     from gymflow import config
-    from gymflow.worker import STANDBY_FILE, WAITING_FILE, wait_to_be_claimed
+    from backends.local.serve import STANDBY_FILE, WAITING_FILE, wait_to_be_claimed
 
     store = make_run(base_spec(budget={"timesteps": 128}, evaluation={"every_timesteps": None, "episodes": 1}))
     assert wait_to_be_claimed(store, WAITING_FILE, 0.3) is False and not (store.workdir / WAITING_FILE).exists()

@@ -133,12 +133,8 @@ def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> No
     plan = _plan(spec, globals_, set_, sweep=True)  # every problem, exit 2, before anything runs
     base, trials = plan.base, plan.trials
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
-    ahead = pipeline.start_workers_ahead(base, trials)
-    try:
+    with pipeline.sweep_scope(base, trials):  # also ends what the sweep could not start
         state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
-    finally:
-        if ahead is not None:  # the sweep stops them itself; not when it could not start
-            ahead.release_idle()
     if not state.is_completed():
         err.print(f"[bold red]sweep failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
         raise typer.Exit(1)
@@ -250,8 +246,15 @@ def worker_train(
                                               "trial of the same orchestrator (the local backend in sweeps).", min=0)] = 0.0,
 ) -> None:
     """Train the run dir's spec to its budget, resuming from the newest checkpoint."""
+    from gymflow.storage import open_run
+
     _setup_logging(logging.INFO)
-    _serve(run_uri, wait, standby, reuse)
+    if wait or standby or reuse:  # the local backend's warm starts
+        from backends.local import serve
+
+        serve.serve(run_uri, wait, standby, reuse, _train_one, worker_evaluate, _warm_up)
+        return
+    _train_one(open_run(run_uri))
 
 
 @worker_app.command("pool", hidden=True)
@@ -263,6 +266,7 @@ def worker_pool(
 ) -> None:
     """Load torch and SB3, then wait in the pool of the orchestrator that started it to be handed a trial
     (the local backend starts these ahead of a sweep's first trials)."""
+    from backends.local import serve
     from gymflow import worker
 
     _setup_logging(logging.INFO)
@@ -271,27 +275,18 @@ def worker_pool(
     from gymflow.runtime.plot import pyplot
 
     pyplot()  # for the learning curve at the end of its first trial
-    _serve(worker.next_trial(reuse), wait, standby, reuse)
+    serve.serve(serve.next_trial(reuse), wait, standby, reuse, _train_one, worker_evaluate, _warm_up)
 
 
-def _serve(run: str | None, wait: float, standby: float, reuse: float) -> None:
-    """Train (and, when kept on standby, evaluate) runs until no next trial comes."""
+def _train_one(store: Any) -> None:
+    """Train one run dir to its end; exit non-zero unless training completed."""
     from gymflow import worker
-    from gymflow.storage import open_run
 
-    while run is not None:
-        store = open_run(run)
-        if wait > 0 and not worker.wait_to_be_claimed(store, worker.WAITING_FILE, wait, warm_up=_warm_up):
-            return  # never needed: the orchestrator started another worker or gave up
-        with _progress_bar(store) as hook:
-            state = worker.train(store, hook)
-        if state != "completed":
-            err.print(f"training {state}; rerun the same command to resume")
-            raise typer.Exit(130 if state == "interrupted" else 1)
-        if not (standby > 0 and worker.wait_to_be_claimed(store, worker.STANDBY_FILE, standby)):
-            return
-        worker_evaluate(run)
-        run = worker.next_trial(reuse) if wait > 0 else None  # a pooled worker is claimed like a prestarted one
+    with _progress_bar(store) as hook:
+        state = worker.train(store, hook)
+    if state != "completed":
+        err.print(f"training {state}; rerun the same command to resume")
+        raise typer.Exit(130 if state == "interrupted" else 1)
 
 
 def _warm_up() -> None:

@@ -6,6 +6,7 @@ Imported only by the CLI's orchestration commands, so `gymflow worker` never loa
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from rich.console import Console
@@ -67,19 +68,18 @@ def exit_code(state: Any) -> int:
     return 130 if state.is_cancelled() else 1
 
 
-def start_workers_ahead(base: Spec, trials: list[Spec]) -> Any:
-    """`gymflow sweep` on a local cluster: the first training processes start now, so their start-up (torch, SB3)
-    overlaps this process loading Prefect, MLflow and Dask; the sweep flow finds and uses them. Returns the backend
-    that keeps them (its `release_idle()` stops what no trial took), or None when the trials run elsewhere."""
+def sweep_scope(base: Spec, trials: list[Spec]) -> AbstractContextManager[None]:
+    """`gymflow sweep` on a local cluster: the backend's sweep scope opens now, so that what it starts ahead (the
+    local backend's first workers: torch, SB3) overlaps this process loading Prefect, MLflow and Dask; the sweep
+    flow, in this process, uses them. A no-op scope when the trials run elsewhere."""
     import backends
     from gymflow import sweep as sweeps
 
     todo = [t for t in trials if sweeps.finished_report(t) is None]
     if base.sweep is None or not todo or sweeps.dask_address(base.sweep):
-        return None
+        return nullcontext()
     workers = sweeps.slots(len(todo), base.sweep.max_parallel)
-    backend = backends.create(sweeps.for_local_slots(todo[:1], workers, remote=False)[0])
-    return backend if backend.prestart(min(workers, len(todo))) else None
+    return backends.create(sweeps.for_local_slots(todo[:1], workers, remote=False)[0]).sweep_scope(min(workers, len(todo)))
 
 
 def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides: list[str], console: Console) -> Any:

@@ -15,18 +15,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 from backends.base import Backend, Features, Handle, Phase, Timing, WorkerState
 from gymflow.errors import Problem
-from gymflow import pool
 from gymflow.procs import pid_alive
 from gymflow.runtime.algorithms import THREADS_ENV
 from gymflow.spec import LocalBackendSpec, Spec
 from gymflow.storage import local_path, open_run
-from gymflow.worker import PARENT_ENV, STANDBY_FILE, WAITING_FILE
+from gymflow.worker import PARENT_ENV
+from backends.local import pool
+from backends.local.serve import STANDBY_FILE, WAITING_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,15 @@ class LocalBackend(Backend):
     def _reuse_s(self) -> float:
         return float(getattr(self.settings, "reuse_workers_s", None) or 0.0)
 
+    @contextmanager
+    def sweep_scope(self, trials: int) -> Iterator[None]:
+        """Workers started ahead of the sweep's first trials and kept between its trials; idle ones stop at the end."""
+        try:
+            self.prestart(trials)
+            yield
+        finally:
+            release_idle_workers()
+
     def prestart(self, count: int) -> int:
         """Have `count` workers that load torch and SB3 and wait in this process's pool (when workers are reused):
         those started ahead earlier and not yet handed a trial count."""
@@ -153,9 +165,6 @@ class LocalBackend(Backend):
         if count > 0:
             logger.info("started %d workers ahead of the trials", count)
         return max(count, 0)
-
-    def release_idle(self) -> int:
-        return release_idle_workers()
 
     def _launch(self, handle: Handle, phase: Phase) -> dict[str, Any]:
         run_dir = _folder(handle.run_uri)
