@@ -51,7 +51,8 @@ def _remote_problems(uri: str, field: str, create: bool) -> list[Problem]:
 
     from gymflow.errors import StorageError, UserError
     from gymflow.paths import seconds
-    from gymflow.storage import RemoteRunStore, open_run
+    from gymflow.storage import open_run
+    from gymflow.storage.remote import RemoteRunStore
 
     module = importlib.import_module("gymflow.storage.gcs" if uri.startswith("gs://") else "gymflow.storage.azure")
     try:

@@ -23,6 +23,7 @@ class Faults:
     every_503: int = 0  # then answer 503 to every Nth request
     every_drop: int = 0  # close the connection without an answer on every Nth request (the emulator never sees it)
     every_drop_after: int = 0  # forward every Nth request, then close without passing on the answer
+    deny_writes: bool = False  # answer writes (POST, PUT, PATCH, DELETE) as GCS does a caller without the permission
     limit: int | None = None  # inject at most this many faults in all (each one costs the client a backoff)
     hold: re.Pattern[str] | None = None  # requests whose URL or body matches wait until released (an upload cut midway)
     seen: int = 0
@@ -48,6 +49,16 @@ class _Handler(BaseHTTPRequestHandler):
                 faults.held += 1
             faults.release.wait()
             self._drop()
+            return
+        if faults.deny_writes and self.command in ("POST", "PUT", "PATCH", "DELETE"):
+            self._count()
+            denied = (b'{"error": {"code": 403, "message": "anonymous caller does not have storage.objects.create access", '
+                      b'"errors": [{"reason": "forbidden", "message": "permission denied"}]}}')
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(denied)))
+            self.end_headers()
+            self.wfile.write(denied)
             return
         if faults.limit is not None and faults.injected >= faults.limit:
             n = 0  # the network has healed

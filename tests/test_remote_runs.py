@@ -22,7 +22,8 @@ from gymflow import config
 from gymflow.results import Status
 from gymflow.runtime import checkpoints
 from gymflow.runtime.metrics import read_jsonl
-from gymflow.storage import PARTS, RunStore, open_run
+from gymflow.storage import RunStore, open_run
+from gymflow.storage.remote import PARTS
 
 RESUME = {"env": {"id": "CartPole-v1", "n_envs": 2, "normalize": True}, "budget": {"timesteps": 8192},
           "checkpoint": {"every_timesteps": 1024, "keep": 2}, "evaluation": {"every_timesteps": 2048, "episodes": 1}}
@@ -240,5 +241,22 @@ def test_credentials_that_may_not_write_fail_with_the_fix_and_leave_nothing(
 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
     assert open_run(f"az://{ACCOUNT}/{name}").list() == []  # nothing written
+    cache = tmp_path / "gymflow-home" / "run-cache"
+    assert not cache.exists() or not any(p.is_file() and not p.name.endswith(".out") for p in cache.rglob("*"))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_bucket_that_refuses_writes_fails_the_trial_with_the_role_it_needs_and_leaves_nothing(
+        gcs: str, cli: Any, write_spec: Any, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    faults = Faults(deny_writes=True)  # reads go through: the bucket is found; every write is answered 403
+    with fault_proxy(os.environ["STORAGE_EMULATOR_HOST"], faults) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy)
+        failed = cli("run", write_spec(base_spec(storage=f"{gcs}/runs/${{trial_id}}")))
+    assert failed.code == 1
+    summary = " ".join(failed.stderr[failed.stderr.rindex("failed: "):].split())
+    assert summary.startswith(f"failed: writing {gcs}/runs/") and summary.endswith(
+        "was denied (403): the account in use (Application Default Credentials) needs the role "
+        "roles/storage.objectAdmin on the bucket")
+    assert open_run(gcs).list() == []  # nothing written
     cache = tmp_path / "gymflow-home" / "run-cache"
     assert not cache.exists() or not any(p.is_file() and not p.name.endswith(".out") for p in cache.rglob("*"))

@@ -132,7 +132,8 @@ def test_transient_503s_and_dropped_connections_are_retried(bucket: str, monkeyp
 
 
 def test_a_growing_file_is_published_as_parts_followed_and_sealed(bucket: str) -> None:
-    from gymflow.storage import PARTS, open_run
+    from gymflow.storage import open_run
+    from gymflow.storage.remote import PARTS
 
     writer = open_run(f"{bucket}/grow")
     reader = open_run(f"{bucket}/grow")

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from gymflow.errors import MissingExtraError, StorageError, UserError, excerpt
-from gymflow.storage import CREATE_HINT, RemoteRunStore
+from gymflow.storage.remote import CREATE_HINT, RemoteRunStore
 
 logger = logging.getLogger(__name__)
 
