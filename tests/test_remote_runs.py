@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -179,17 +180,18 @@ def test_a_missing_bucket_is_refused_before_anything_starts(scheme: str, emulato
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
-    root = "gs://no-such-bucket-anywhere" if scheme == "gs" else f"az://{ACCOUNT}/no-such-container"
+    name = f"missing-{uuid.uuid4().hex[:10]}"  # the emulators are shared by the session's tests, and this one creates it
+    root = f"gs://{name}" if scheme == "gs" else f"az://{ACCOUNT}/{name}"
     spec = write_spec(base_spec(storage=f"{root}/runs/${{trial_id}}"))
     result = cli("run", spec)
     assert result.code == 2 and "Traceback" not in result.stderr
     if scheme == "gs":
-        message = ("storage: the bucket 'no-such-bucket-anywhere' does not exist: create it (gcloud storage buckets "
-                   "create gs://no-such-bucket-anywhere), or set create_bucket: true in the spec to have provision create it")
+        message = (f"storage: the bucket '{name}' does not exist: create it (gcloud storage buckets create gs://{name}), "
+                   "or set create_bucket: true in the spec to have provision create it")
     else:
-        message = (f"storage: the container 'no-such-container' does not exist in the storage account '{ACCOUNT}': "
-                   f"create it (az storage container create --name no-such-container --account-name {ACCOUNT}), or set "
-                   "create_bucket: true in the spec to have provision create it")
+        message = (f"storage: the container '{name}' does not exist in the storage account '{ACCOUNT}': create it (az "
+                   f"storage container create --name {name} --account-name {ACCOUNT}), or set create_bucket: true in the "
+                   "spec to have provision create it")
     assert message in " ".join(result.stderr.split())
     assert not (tmp_path / "gymflow-home" / "run-cache").exists() and not (tmp_path / "mlflow.db").exists()
 
