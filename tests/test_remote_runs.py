@@ -256,9 +256,9 @@ def test_a_bucket_that_refuses_writes_fails_the_trial_with_the_role_it_needs_and
         failed = cli("run", write_spec(base_spec(storage=f"{gcs}/runs/${{trial_id}}")))
     assert failed.code == 1
     summary = " ".join(failed.stderr[failed.stderr.rindex("failed: "):].split())
-    assert summary.startswith(f"failed: writing {gcs}/runs/") and summary.endswith(
-        "was denied (403): the account in use (Application Default Credentials) needs the role "
-        "roles/storage.objectAdmin on the bucket")
+    assert summary.startswith(f"failed: writing {gcs}/runs/") and (
+        "/spec.json was denied (403): the account in use (Application Default Credentials) needs the role "
+        "roles/storage.objectAdmin on the bucket") in summary
     assert open_run(gcs).list() == []  # nothing written
     cache = tmp_path / "gymflow-home" / "run-cache"
     assert not cache.exists() or not any(p.is_file() and not p.name.endswith(".out") for p in cache.rglob("*"))
