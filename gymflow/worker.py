@@ -64,10 +64,17 @@ def worker_log(store: RunStore) -> Iterator[None]:
         root.setLevel(logging.INFO)
     try:
         yield
-    finally:
+    except BaseException:
         root.removeHandler(handler)
         handler.close()
-        store.seal()
+        try:
+            store.seal()
+        except Exception:  # noqa: BLE001 - the phase's own error is the one to report
+            logger.warning("could not publish the rest of the run dir's logs and metrics", exc_info=True)
+        raise
+    root.removeHandler(handler)
+    handler.close()
+    store.seal()
 
 
 def train(store: RunStore, on_progress: ProgressHook | None = None) -> str:
