@@ -262,3 +262,18 @@ def test_a_bucket_that_refuses_writes_fails_the_trial_with_the_role_it_needs_and
     assert open_run(gcs).list() == []  # nothing written
     cache = tmp_path / "gymflow-home" / "run-cache"
     assert not cache.exists() or not any(p.is_file() and not p.name.endswith(".out") for p in cache.rglob("*"))
+
+
+def test_a_storage_service_that_does_not_answer_is_refused_within_the_set_wait(cli: Any, write_spec: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_stack import free_port
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("GYMFLOW_STORAGE_CHECK_S", "1")
+    started = time.monotonic()
+    result = cli("validate", write_spec(base_spec(storage=f"gs://silent-{uuid.uuid4().hex[:8]}/runs/${{trial_id}}")))
+    assert result.code == 2 and time.monotonic() - started < 30
+    message = " ".join(result.stderr.split())
+    assert "storage: could not ask whether the bucket of 'gs://silent-" in message
+    assert ("' exists: no answer within 1 s. Check the network and credentials, or set GYMFLOW_STORAGE_CHECK_S=0 to skip "
+            "this check") in message
