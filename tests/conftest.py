@@ -173,3 +173,27 @@ def gcs(emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"gymflow-test-{uuid.uuid4().hex[:10]}"
     assert GcsRunStore(f"gs://{bucket}").create_bucket() is True
     return f"gs://{bucket}"
+
+
+@pytest.fixture(params=["local", "gs", "az"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A run-dir root on each kind of store: a local folder, a bucket on fake-gcs-server, a container on Azurite."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return str(request.getfixturevalue(f"{request.param}_bucket"))
+
+
+@pytest.fixture
+def gs_bucket(gcs: str) -> str:
+    return gcs
+
+
+@pytest.fixture
+def az_bucket(azurite_connection: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    from azurite import ACCOUNT
+    from gymflow.storage.azure import AzureRunStore
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
+    uri = f"az://{ACCOUNT}/gymflow-test-{uuid.uuid4().hex[:10]}"
+    assert AzureRunStore(uri).create_container() is True
+    return uri

@@ -163,3 +163,23 @@ def test_a_growing_file_is_published_as_parts_followed_and_sealed(bucket: str) -
     again.sync()
     assert reader.read_from("worker.log", 14) == b"four\n"
     assert open_run(f"{bucket}/grow").fetch("worker.log").read_bytes() == b"one\ntwo\nthree\nfour\n"
+
+
+def test_conditional_writes_let_one_writer_win_on_every_store(any_store: str) -> None:
+    """create_bytes is create-only; replace_if holds only for the version read (what a lease needs)."""
+    from gymflow.storage import open_run
+
+    store = open_run(f"{any_store}/run")
+    assert store.create_bytes("owner.json", b"first") is True
+    assert store.create_bytes("owner.json", b"second") is False
+    data, version = store.read_versioned("owner.json")
+    assert data == b"first"
+    assert store.replace_if("owner.json", b"third", version) is True
+    assert store.replace_if("owner.json", b"stale writer", version) is False  # the version moved on
+    data, newer = store.read_versioned("owner.json")
+    assert data == b"third" and newer != version
+    store.delete("owner.json")
+    assert store.replace_if("owner.json", b"x", newer) is False  # gone
+    with pytest.raises(FileNotFoundError):
+        store.read_versioned("owner.json")
+    assert store.create_bytes("owner.json", b"again") is True

@@ -21,6 +21,8 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -68,6 +70,19 @@ class RunStore(ABC):
             return self.read_bytes(rel)[offset:]
         except FileNotFoundError:
             return b""
+
+    # -- conditional writes: one writer wins, the others learn it ------------------------
+    @abstractmethod
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """Write rel only if it does not exist yet (atomically: of two writers, one wins); False when it exists."""
+
+    @abstractmethod
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        """The content of rel and a token of this version of it; FileNotFoundError when it is missing."""
+
+    @abstractmethod
+    def replace_if(self, rel: str, data: bytes, version: str) -> bool:
+        """Replace rel only if it is still the version read_versioned gave; False when it changed or is gone."""
 
     # -- growing files: one process appends, others follow ------------------------------
     def open_log(self, rel: str) -> Path:
@@ -150,6 +165,50 @@ class LocalRunStore(RunStore):
 
     def delete(self, rel: str) -> None:
         (self.path / rel).unlink(missing_ok=True)
+
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, target)  # fails when target exists: the whole content appears at once, or nothing
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _version(stat: os.stat_result) -> str:
+        # every write replaces the file by a new one (a new inode), so this changes with each write
+        return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        with (self.path / rel).open("rb") as fh:
+            return fh.read(), self._version(os.fstat(fh.fileno()))
+
+    @contextmanager
+    def _locked(self, rel: str) -> Iterator[Path]:
+        """rel's path, with its sidecar lock held: conditional writes on one machine compare and swap under it."""
+        import fcntl
+
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with (target.parent / f".{target.name}.lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            yield target
+
+    def replace_if(self, rel: str, data: bytes, version: str) -> bool:
+        with self._locked(rel) as target:
+            try:
+                if self._version(target.stat()) != version:
+                    return False
+            except FileNotFoundError:
+                return False
+            self.write_bytes(rel, data)
+            return True
 
 
 def prepare(uri: str, create: bool) -> None:

@@ -148,6 +148,51 @@ class AzureRunStore(RemoteRunStore):
         blob = self._container.get_blob_client(self._key(rel))
         self._call("writing", rel, lambda: blob.upload_blob(data, overwrite=True))
 
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """An upload without overwrite (If-None-Match: *): the service refuses it (409) when the blob exists."""
+        blob = self._container.get_blob_client(self._key(rel))
+
+        def call() -> bool:
+            try:
+                blob.upload_blob(data, overwrite=False)
+            except self._errors.ResourceExistsError:
+                return False
+            return True
+
+        return bool(self._call("writing", rel, call))
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        blob = self._container.get_blob_client(self._key(rel))
+
+        def call() -> tuple[bytes, str]:
+            download = blob.download_blob()
+            return bytes(download.readall()), str(download.properties.etag)
+
+        return self._call("reading", rel, call)  # type: ignore[no-any-return]
+
+    def replace_if(self, rel: str, data: bytes, version: str) -> bool:
+        return self._conditional("writing", rel, lambda blob, match: blob.upload_blob(
+            data, overwrite=True, etag=version, match_condition=match))
+
+    def _conditional(self, what: str, rel: str, fn: Any) -> bool:
+        """fn(blob, IfNotModified) under the blob's ETag: False when the service says it no longer holds (412, 404)."""
+        from azure.core import MatchConditions
+
+        blob = self._container.get_blob_client(self._key(rel))
+
+        def call() -> bool:
+            try:
+                fn(blob, MatchConditions.IfNotModified)
+            except self._errors.ResourceModifiedError:
+                return False
+            except self._errors.ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
+                    raise
+                return False
+            return True
+
+        return bool(self._call(what, rel, call))
+
     def _names(self, prefix: str) -> list[str]:
         return self._relative(self._call("listing", prefix, lambda: [
             b.name for b in self._container.list_blobs(name_starts_with=self._listing(prefix))]))

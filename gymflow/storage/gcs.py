@@ -139,6 +139,36 @@ class GcsRunStore(RemoteRunStore):
         blob = self._bucket.blob(self._key(rel))
         self._call("writing", rel, lambda: blob.upload_from_string(data, retry=self._retry))
 
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """An upload with ifGenerationMatch=0: the service refuses it (412) when the object exists."""
+        return self._conditional("writing", rel, lambda blob: blob.upload_from_string(
+            data, if_generation_match=0, retry=self._retry))
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        blob = self._bucket.blob(self._key(rel))
+        data = bytes(self._call("reading", rel, lambda: blob.download_as_bytes(retry=self._retry)))
+        return data, str(blob.generation)
+
+    def replace_if(self, rel: str, data: bytes, version: str) -> bool:
+        return self._conditional("writing", rel, lambda blob: blob.upload_from_string(
+            data, if_generation_match=int(version), retry=self._retry))
+
+    def _conditional(self, what: str, rel: str, fn: Any) -> bool:
+        """fn(blob) under a generation precondition: False when the service says it no longer holds (412, 404)."""
+        blob = self._bucket.blob(self._key(rel))
+
+        def call() -> bool:
+            try:
+                fn(blob)
+            except self._errors.PreconditionFailed:
+                return False
+            return True
+
+        try:
+            return bool(self._call(what, rel, call))
+        except FileNotFoundError:
+            return False
+
     def _names(self, prefix: str) -> list[str]:
         blobs = self._call("listing", prefix, lambda: list(self._bucket.client.list_blobs(
             self.bucket_name, prefix=self._listing(prefix), retry=self._retry)))
