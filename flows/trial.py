@@ -19,10 +19,12 @@ from gymflow.errors import UserError
 from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
 from tasks import phases
-from tasks.context import TrialCancelled, prefect_logger
+from tasks.claim import claim
+from tasks.context import TrialCancelled, current_flow_run_id, prefect_logger
 from tasks.report import trial_markdown
 
 logger = logging.getLogger(__name__)
+REFUSED = "Refused"  # the name of a Failed state for input refused before anything started (the CLI exits 2)
 
 
 def run_name(spec: Spec) -> str:
@@ -62,29 +64,33 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     try:  # a bad spec or backend config fails here, before anything is provisioned, and is never retried
         spec = _checked(spec, spec_file, overrides or (), globals_files or ())
         backend = backends.create(spec)
+        handle = backend.plan(spec)
+        lease = claim(backend, handle, spec, current_flow_run_id())  # one owner per run dir; a dead one's records fixed
     except UserError as exc:
         log.error("%s", exc)
-        return Failed(message=str(exc))  # a user error, not a crash: no traceback
-    handle = backend.plan(spec)
+        return Failed(message=str(exc), name=REFUSED)  # a user error, not a crash: no traceback, nothing started
     ctx = None
     started = time.time()
+    cancelled: str | None = None
     try:
         handle = phases.provision(backend, spec)
         ctx = phases.setup(backend, handle, spec, run_name(spec), parent_run_id)
         timesteps = phases.train(backend, handle, spec, ctx)
         report = phases.evaluate(backend, handle, spec, ctx)
         result = phases.store(backend, handle, spec, ctx, report, timesteps)
-    except TrialCancelled as exc:
-        _record_failure(spec, ctx, handle.run_uri, started, "cancelled", str(exc))
-        log.warning("%s", exc)
+    except (TrialCancelled, KeyboardInterrupt) as exc:  # a cancel from the UI, or Ctrl-C: the user's own stop
+        cancelled = str(exc) if isinstance(exc, TrialCancelled) else f"trial {spec.trial_id} interrupted (Ctrl-C)"
+        _record_failure(spec, ctx, handle.run_uri, started, "cancelled", cancelled)
+        log.warning("%s", cancelled)
         result = None
     except BaseException as exc:
         _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         _teardown(backend, handle)
-    if result is None:
-        return Cancelled(message=f"trial {spec.trial_id} cancelled; worker stopped and teardown done")
+        lease.release()
+    if cancelled is not None:
+        return Cancelled(message=f"{cancelled}; the worker stopped and teardown is done. {_resume_hint(backend, handle, spec)}")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
     return returned.keep(result)
 
@@ -96,6 +102,18 @@ def _checked(spec: Spec | None, spec_file: str | None, overrides: Sequence[str],
         return spec
     source = config.input_source(spec, spec_file, keep_trial_id=not (overrides or globals_files))
     return preflight.check(source, globals_files, overrides, backend_check=backends.problems).base
+
+
+def _resume_hint(backend: Any, handle: Any, spec: Spec) -> str:
+    """How to go on: a rerun resumes from the newest checkpoint (named where the run dir says which)."""
+    from gymflow.runtime import checkpoints
+
+    try:
+        steps = checkpoints.steps(backend.store(handle))
+    except Exception:  # noqa: BLE001 - the hint is a courtesy
+        steps = []
+    where = f"its checkpoint at {steps[-1]} timesteps" if steps else "its newest checkpoint"
+    return f"Run the same spec again to resume from {where} (budget {spec.budget.timesteps or spec.budget.episodes})."
 
 
 def _teardown(backend: Any, handle: Any) -> None:

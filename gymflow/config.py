@@ -119,9 +119,18 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
     return out
 
 
+NOT_COMPUTED = frozenset({"storage", "create_bucket", "trial_id", "backend", "tracking", "description", "sweep"})
+
+
+def trial_content(data: dict[str, Any]) -> dict[str, Any]:
+    """Of a resolved spec (as JSON data), what the trial computes: everything but where it runs, is stored and
+    tracked."""
+    return {k: v for k, v in data.items() if k not in NOT_COMPUTED}
+
+
 def trial_id_for(spec: Spec) -> str:
     """A short, stable id derived from what the trial computes (not where it runs or is stored)."""
-    content = spec.model_dump(mode="json", exclude={"storage", "create_bucket", "trial_id", "backend", "tracking", "description", "sweep"})
+    content = trial_content(spec.model_dump(mode="json"))
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
     algo = spec.algorithm.name
     return f"{algo}-s{spec.seed}-{digest}"

@@ -26,14 +26,18 @@ class Update:
 class RunFollower:
     """Reads only complete new lines of the growing files, remembering where it stopped."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, offsets: dict[str, int] | None = None) -> None:
         self.store = store
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[str, int] = dict(offsets or {})
 
-    def skip_existing(self) -> None:
-        """Start following at the current end of every file (e.g. a resumed run's old lines)."""
-        for rel in (TRAIN_METRICS, EVAL_METRICS, LOG_FILE):
+    def skip_existing(self, *files: str) -> None:
+        """Start following these files (default: all) at their current end (e.g. a resumed run's old log)."""
+        for rel in files or (TRAIN_METRICS, EVAL_METRICS, LOG_FILE):
             self._offsets[rel] = len(self.store.read_from(rel, 0))
+
+    def offsets(self, *files: str) -> dict[str, int]:
+        """How far into each of these files (default: all) the lines returned so far go."""
+        return {rel: self._offsets.get(rel, 0) for rel in files or (TRAIN_METRICS, EVAL_METRICS, LOG_FILE)}
 
     def _new_lines(self, rel: str) -> list[str]:
         offset = self._offsets.get(rel, 0)

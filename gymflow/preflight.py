@@ -35,10 +35,12 @@ class Plan:
 
 
 def check(spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
-          *, sweep: bool | None = None, backend_check: BackendCheck | None = None, build: bool = True) -> Plan:
+          *, sweep: bool | None = None, backend_check: BackendCheck | None = None, build: bool = True,
+          run_dirs: bool = False) -> Plan:
     """The checked Plan, or a SpecError with every problem of every stage.
 
     sweep: True requires a sweep section (gymflow sweep); None checks one when the spec has it (run, validate).
+    run_dirs: also refuse trials whose run dir holds another trial or has a live owner (run, sweep; not validate).
     """
     from gymflow import sweep as sweeps
 
@@ -60,6 +62,8 @@ def check(spec: str | Path | dict[str, Any], globals_files: Sequence[str | Path]
         else:
             problems += sweeps.section_problems(substituted.get("sweep"))
     problems += _where_problems(trials, substituted)
+    if run_dirs and not problems:
+        problems += _owned_problems(trials)
     if backend_check is not None:
         problems += _each(trials, lambda t: t.backend.model_dump(mode="json"), backend_check)
     if build and not any(p.path.split(".")[0] in ("env", "algorithm") for p in problems):
@@ -92,6 +96,23 @@ def _where_problems(trials: list[Spec], substituted: dict[str, Any]) -> list[Pro
     for uri in sorted(uris, key=str):
         problems += locations.tracking_problems(uri)
     return problems
+
+
+def _owned_problems(trials: list[Spec]) -> list[Problem]:
+    """Run dirs in use or holding other trials: every local one; remote ones for a few trials (two reads each;
+    the flow's claim refuses the rest)."""
+    from gymflow import ownership
+    from gymflow.storage import local_path
+
+    problems: list[Problem] = []
+    for trial in trials:
+        if local_path(trial.storage) is not None or len(trials) <= _REMOTE_OWNER_CHECKS:
+            problems += [Problem(p.path if len(trials) == 1 else f"{p.path} (trial {trial.trial_id})", p.message)
+                         for p in ownership.run_dir_problems(trial)]
+    return problems
+
+
+_REMOTE_OWNER_CHECKS = 8
 
 
 def _each(trials: list[Spec], key: Callable[[Spec], Any], check_one: BackendCheck) -> list[Problem]:

@@ -17,6 +17,8 @@ LOG_FILE = "worker.log"
 CURVE_FILE = "learning_curve.png"
 TRAIN_METRICS = "metrics/train.jsonl"
 EVAL_METRICS = "metrics/eval.jsonl"
+TRACKING_FILE = "tracking.json"
+MODEL_INFO_FILE = "model.json"
 
 
 class Status(BaseModel):
@@ -59,6 +61,18 @@ class EvalReport(BaseModel):
     deterministic: bool
     timesteps: int = Field(description="Timesteps the evaluated model was trained for.")
     episodes: list[EpisodeResult]
+    model: Literal["final", "best", "checkpoint"] = Field(
+        "checkpoint", description="Which model: the final one, the best periodically evaluated one (evaluation.keep_best), "
+        "or a model evaluated during training.")
+    trained_timesteps: int | None = Field(None, description="Timesteps the trial trained in all (the final model's).")
+
+    def which(self) -> str:
+        """'the best model (at 20000 of 60000 timesteps)' / 'the final model (60000 timesteps)'."""
+        if self.model == "best" and self.trained_timesteps is not None and self.trained_timesteps != self.timesteps:
+            return f"the best model (at {self.timesteps} of {self.trained_timesteps} timesteps)"
+        if self.model == "best":
+            return f"the best model, also the final one ({self.timesteps} timesteps)"
+        return f"the {self.model} model ({self.timesteps} timesteps)"
 
     @classmethod
     def from_episodes(cls, rewards: list[float], lengths: list[int], deterministic: bool, timesteps: int) -> EvalReport:
@@ -76,6 +90,24 @@ class EvalReport(BaseModel):
         )
 
 
+class ModelInfo(BaseModel):
+    """model.json: which model model.zip is, written with it at the end of training."""
+
+    model: Literal["final", "best"]
+    timesteps: int = Field(description="Timesteps model.zip was trained for.")
+    trained_timesteps: int = Field(description="Timesteps the trial trained in all.")
+    best_mean_reward: float | None = None
+
+
+class TrackingRecord(BaseModel):
+    """tracking.json, written by the orchestrator: the trial's MLflow run (a resumed trial continues it) and how far
+    into each metrics file it has been forwarded there (the next orchestrator forwards the rest)."""
+
+    tracking_uri: str
+    mlflow_run_id: str
+    forwarded: dict[str, int] = Field(default_factory=dict, description="metrics file -> bytes forwarded to MLflow")
+
+
 class TrialOutcome(BaseModel):
     """How one trial ended: what the trial flow returns, the CLI prints, and a sweep compares."""
 
@@ -85,6 +117,8 @@ class TrialOutcome(BaseModel):
     mean_reward: float | None = None
     std_reward: float | None = None
     timesteps: int = 0
+    evaluated: str | None = Field(None, description="Which model was evaluated: 'the best model (at 20000 of 60000 "
+                                  "timesteps)', 'the final model (60000 timesteps)'.")
     duration_s: float = 0.0
     mlflow_run_id: str | None = None
     mlflow_location: str | None = None

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gymflow.results import (CURVE_FILE, EVAL_FILE, LOG_FILE, MODEL_FILE, SPEC_FILE, VECNORM_FILE, EvalReport)
+from gymflow.results import (CURVE_FILE, EVAL_FILE, LOG_FILE, MODEL_FILE, SPEC_FILE, TRACKING_FILE, VECNORM_FILE, EvalReport,
+                             TrackingRecord)
 from gymflow.spec import Spec
 from gymflow.storage import RunStore
 
@@ -47,6 +48,21 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_record(store: RunStore) -> TrackingRecord | None:
+    """The run dir's tracking.json: its MLflow run and what was forwarded there; None when there is none."""
+    try:
+        return TrackingRecord.model_validate(store.read_json(TRACKING_FILE))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        logger.warning("%s/%s is damaged; the trial gets a new MLflow run", store.uri, TRACKING_FILE)
+        return None
+
+
+def write_record(store: RunStore, record: TrackingRecord) -> None:
+    store.write_json(TRACKING_FILE, record.model_dump(mode="json"))
 
 
 def absolute_uri(uri: str) -> str:
@@ -115,6 +131,25 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         return run.info.run_id
 
+    def reopen(self, run_id: str, tags: dict[str, str], parent_run_id: str | None = None) -> bool:
+        """Continue an earlier run of the same trial (status RUNNING again, tags updated, an attempt counted);
+        False when it no longer exists (deleted, or another store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        attempts = int(run.data.tags.get("gymflow.attempts", "1")) + 1
+        self.client.update_run(run_id, status="RUNNING")
+        all_tags = {**tags, "gymflow.attempts": str(attempts)}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        self.set_tags(run_id, all_tags)
+        return True
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -133,6 +168,7 @@ class Tracker:
         return len(metrics)
 
     def log_eval(self, run_id: str, report: EvalReport) -> None:
+        self.set_tags(run_id, {"gymflow.evaluated_model": report.which()})
         record = {"timesteps": report.timesteps, "mean_reward": report.mean_reward, "std_reward": report.std_reward,
                   "mean_length": report.mean_length, "std_length": report.std_length, "n_episodes": report.n_episodes}
         self.log_records(run_id, [record], prefix="eval/final_")

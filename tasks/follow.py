@@ -10,9 +10,11 @@ from typing import Any
 from backends.base import Backend, Handle, Phase, Timing
 from gymflow.errors import WorkerError
 from gymflow.follow import RunFollower
-from gymflow.results import Status
+from gymflow.ownership import lease_held
+from gymflow.results import EVAL_METRICS, LOG_FILE, TRAIN_METRICS, Status, TrackingRecord
 from gymflow.spec import Spec
-from gymflow.tracking import Tracker
+from gymflow.storage import RunStore
+from gymflow.tracking import Tracker, read_record, write_record
 from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
 
 FORWARD_S = 5.0  # how often new metrics, log lines and progress go to MLflow and Prefect
@@ -81,8 +83,10 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     """Launch `gymflow worker PHASE` and follow it to the end; raise when it fails or is lost."""
     log = prefect_logger()
     tracker = Tracker(ctx.tracking_uri)
-    follower = RunFollower(backend.store(handle))
-    follower.skip_existing()
+    store = backend.store(handle)
+    forwarded = _Forwarded(store, ctx)
+    follower = RunFollower(store, forwarded.offsets)
+    follower.skip_existing(LOG_FILE)  # the log of earlier attempts went to their flow runs; their metrics were kept
     progress = _Progress(spec, phase)
     timing = backend.timing()
     heartbeat = _Heartbeat(timing, phase, follower.status())
@@ -95,11 +99,14 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
             state = backend.poll(handle, phase)
             if not state.running:
                 status = _forward(follower, tracker, ctx, progress, log) or status
+                forwarded.save(follower)
                 break
             if time.monotonic() >= next_forward:  # batched: each MLflow write and Prefect update takes CPU from training
                 next_forward = time.monotonic() + max(FORWARD_S, timing.poll_s)
                 status = _forward(follower, tracker, ctx, progress, log) or status
+                forwarded.save(follower)
                 heartbeat.check(heartbeat.fresh(status))
+                lease_held(handle.run_uri)
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
                 last_cancel_check = time.monotonic()
                 if cancel_requested(ctx.flow_run_id):
@@ -109,6 +116,28 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
         backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
         raise
     return _outcome(heartbeat.fresh(status), state.exit_code, phase, backend.output_hint(handle, phase))
+
+
+class _Forwarded:
+    """How far the metrics files have gone to MLflow, kept in the run dir's tracking.json after each forward, so a
+    run that takes over from a dead one forwards exactly the rest (MLflow drops an exact repeat of a point, so a
+    forward that dies before its record is saved repeats nothing)."""
+
+    FILES = (TRAIN_METRICS, EVAL_METRICS)
+
+    def __init__(self, store: RunStore, ctx: TrialContext) -> None:
+        self.store = store
+        record = read_record(store)
+        if record is None or record.mlflow_run_id != ctx.mlflow_run_id:
+            record = TrackingRecord(tracking_uri=ctx.tracking_uri, mlflow_run_id=ctx.mlflow_run_id)
+        self.record = record
+        self.offsets = {rel: record.forwarded.get(rel, 0) for rel in self.FILES}
+
+    def save(self, follower: RunFollower) -> None:
+        offsets = follower.offsets(*self.FILES)
+        if offsets != self.record.forwarded:
+            self.record = self.record.model_copy(update={"forwarded": offsets})
+            write_record(self.store, self.record)
 
 
 def _forward(follower: RunFollower, tracker: Tracker, ctx: TrialContext, progress: _Progress, log: Any) -> Status | None:

@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from backends.base import Backend, Handle
-from gymflow.results import EvalReport, TrialOutcome
+from gymflow.results import EvalReport, TrackingRecord, TrialOutcome
 from gymflow.runtime.status import library_versions
 from gymflow.spec import Spec
-from gymflow.tracking import Tracker, git_commit
+from gymflow.tracking import Tracker, git_commit, read_record, write_record
 from tasks.context import TrialContext, current_flow_run_id, prefect_logger
 from tasks.follow import run_phase
 from tasks.retry import RETRY_DELAYS, retry_if_transient
@@ -37,8 +37,15 @@ def setup(backend: Backend, handle: Handle, spec: Spec, run_name: str, parent_ru
     commit = git_commit()
     if commit:
         tags["git.commit"] = commit
-    run_id = tracker.start(spec, run_name, tags, parent_run_id)
-    prefect_logger().info("MLflow: %s", tracker.run_url(run_id, spec.experiment))
+    store = backend.store(handle)
+    record = read_record(store)
+    if record is not None and record.tracking_uri == tracker.uri and tracker.reopen(record.mlflow_run_id, tags, parent_run_id):
+        run_id = record.mlflow_run_id  # a resumed trial continues its run: one record, one curve
+        prefect_logger().info("MLflow (continuing the trial's run): %s", tracker.run_url(run_id, spec.experiment))
+    else:
+        run_id = tracker.start(spec, run_name, tags, parent_run_id)
+        write_record(store, TrackingRecord(tracking_uri=tracker.uri, mlflow_run_id=run_id))
+        prefect_logger().info("MLflow: %s", tracker.run_url(run_id, spec.experiment))
     return TrialContext(mlflow_run_id=run_id, tracking_uri=tracker.uri, flow_run_id=flow_run_id)
 
 
@@ -58,7 +65,8 @@ def evaluate(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) ->
 
     run_phase(backend, handle, "evaluate", spec, ctx)
     report = EvalReport.model_validate(backend.store(handle).read_json(EVAL_FILE))
-    prefect_logger().info("evaluation: %.2f ± %.2f over %d episodes", report.mean_reward, report.std_reward, report.n_episodes)
+    prefect_logger().info("evaluation of %s: %.2f ± %.2f over %d episodes", report.which(), report.mean_reward,
+                          report.std_reward, report.n_episodes)
     return report
 
 
@@ -74,7 +82,7 @@ def store(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext, repor
     tracker.finish(ctx.mlflow_run_id, "FINISHED")
     result = TrialOutcome(
         trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="completed", mean_reward=report.mean_reward,
-        std_reward=report.std_reward, timesteps=timesteps, duration_s=round(time.time() - ctx.started_at, 1),
+        std_reward=report.std_reward, timesteps=timesteps, evaluated=report.which(), duration_s=round(time.time() - ctx.started_at, 1),
         mlflow_run_id=ctx.mlflow_run_id, mlflow_location=tracker.run_url(ctx.mlflow_run_id, spec.experiment),
         run_uri=handle.run_uri, flow_run_id=ctx.flow_run_id,
     )

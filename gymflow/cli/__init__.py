@@ -72,12 +72,14 @@ def _setup_logging(level: int = logging.WARNING) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
 
 
-def _plan(spec: str, globals_: list[str] | None, sets: list[str] | None, sweep: bool | None = None) -> Any:
+def _plan(spec: str, globals_: list[str] | None, sets: list[str] | None, sweep: bool | None = None,
+          run_dirs: bool = False) -> Any:
     """Everything run and sweep need, checked at once before anything exists (gymflow.preflight): exit 2 here."""
     import backends
     from gymflow import preflight
 
-    return preflight.check(spec, globals_ or [], sets or [], sweep=sweep, backend_check=backends.problems)
+    return preflight.check(spec, globals_ or [], sets or [], sweep=sweep, backend_check=backends.problems,
+                           run_dirs=run_dirs)
 
 
 @app.command()
@@ -120,7 +122,7 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
     """Run one trial through provision, setup, train, evaluate, store and teardown (a Prefect flow)."""
     from gymflow.cli import pipeline
 
-    resolved = _plan(spec, globals_, set_).base
+    resolved = _plan(spec, globals_, set_, run_dirs=True).base
     result = pipeline.run_trial(resolved, err)
     raise typer.Exit(pipeline.exit_code(result))
 
@@ -130,7 +132,7 @@ def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> No
     """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
     from gymflow.cli import pipeline
 
-    plan = _plan(spec, globals_, set_, sweep=True)  # every problem, exit 2, before anything runs
+    plan = _plan(spec, globals_, set_, sweep=True, run_dirs=True)  # every problem, exit 2, before anything runs
     base, trials = plan.base, plan.trials
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
     with pipeline.sweep_scope(base, trials):  # also ends what the sweep could not start

@@ -14,6 +14,7 @@ from rich.console import Console
 from gymflow.spec import Spec
 
 logger = logging.getLogger(__name__)
+REFUSED = "Refused"  # flows.trial.REFUSED (not imported: this module loads before Prefect)
 
 
 def ui_url(api_url: str | None, flow_run_id: str | None) -> str | None:
@@ -54,17 +55,23 @@ def _summary(state: Any, result: Any, console: Console) -> None:
     if isinstance(result, TrialOutcome):
         console.print(f"MLflow: {result.mlflow_location}", highlight=False)
         console.print(f"run dir: {result.run_uri}", highlight=False)
+        evaluated = f" of {result.evaluated}" if result.evaluated else ""
         console.print(f"[bold green]completed[/bold green]: mean evaluation reward {result.mean_reward:.2f} ± "
-                      f"{result.std_reward:.2f} after {result.timesteps} timesteps ({result.duration_s:.0f} s)")
+                      f"{result.std_reward:.2f}{evaluated}; trained {result.timesteps} timesteps ({result.duration_s:.0f} s)")
     elif state.is_cancelled():
         console.print(f"[bold yellow]cancelled[/bold yellow]: {state.message}")
+    elif state.name == REFUSED:
+        console.print(f"[bold red]refused[/bold red]: {state.message}")
     else:
         console.print(f"[bold red]failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
 
 
 def exit_code(state: Any) -> int:
+    """0 completed, 2 refused before anything started (bad input, a run dir in use), 130 cancelled, 1 failed."""
     if state.is_completed():
         return 0
+    if state.name == REFUSED:
+        return 2
     return 130 if state.is_cancelled() else 1
 
 

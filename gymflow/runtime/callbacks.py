@@ -25,6 +25,7 @@ class Progress:
 
     episodes: int = 0
     best_mean_reward: float | None = None
+    best_timesteps: int | None = None
     evals_without_improvement: int = 0
     last_eval_timesteps: int = -1
     stop_reason: str | None = None
@@ -34,6 +35,7 @@ class Progress:
         return {
             "episodes": self.episodes,
             "best_mean_reward": self.best_mean_reward,
+            "best_timesteps": self.best_timesteps,
             "evals_without_improvement": self.evals_without_improvement,
             "last_eval_timesteps": self.last_eval_timesteps,
         }
@@ -42,6 +44,7 @@ class Progress:
         """Continue from a checkpoint's record (in place: signal handlers hold this object)."""
         self.episodes = int(meta.get("episodes", 0))
         self.best_mean_reward = meta.get("best_mean_reward")
+        self.best_timesteps = meta.get("best_timesteps")
         self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
         self.last_eval_timesteps = int(meta.get("last_eval_timesteps", -1))
 
@@ -111,6 +114,7 @@ class PeriodicEvaluation:
         improved = p.best_mean_reward is None or report.mean_reward > p.best_mean_reward + self.min_delta
         if improved:
             p.best_mean_reward = report.mean_reward
+            p.best_timesteps = report.timesteps
             p.evals_without_improvement = 0
         else:
             p.evals_without_improvement += 1

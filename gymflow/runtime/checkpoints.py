@@ -98,6 +98,16 @@ def _complete(store: RunStore) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.timesteps)
 
 
+def steps(store: RunStore) -> list[int]:
+    """The timesteps of the complete checkpoints in the run dir, oldest first (a listing only, nothing fetched)."""
+    found = []
+    for rel in store.list(ROOT):
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[2] == META and parts[1].startswith("step_") and parts[1][5:].isdigit():
+            found.append(int(parts[1][5:]))
+    return sorted(found)
+
+
 def newest(store: RunStore) -> Checkpoint | None:
     """The newest complete checkpoint, or None."""
     complete = _complete(store)

@@ -73,7 +73,20 @@ def evaluate_run(store: RunStore, spec: Spec) -> EvalReport:
         report = run_episodes(model, venv, spec.evaluation.episodes, spec.evaluation.deterministic)
     finally:
         venv.close()
+    report = report.model_copy(update=_which_model(store, report.timesteps))
     store.write_json(EVAL_FILE, report.model_dump(mode="json"))
     write_curve(store, spec)
-    logger.info("final evaluation: %.2f +/- %.2f over %d episodes", report.mean_reward, report.std_reward, report.n_episodes)
+    logger.info("final evaluation of %s: %.2f +/- %.2f over %d episodes", report.which(), report.mean_reward,
+                report.std_reward, report.n_episodes)
     return report
+
+
+def _which_model(store: RunStore, timesteps: int) -> dict[str, Any]:
+    """What model.json says model.zip is (the final or the best model); a run dir from before it is the final."""
+    from gymflow.results import MODEL_INFO_FILE, ModelInfo
+
+    try:
+        info = ModelInfo.model_validate(store.read_json(MODEL_INFO_FILE))
+    except (FileNotFoundError, ValueError):
+        return {"model": "final", "trained_timesteps": timesteps}
+    return {"model": info.model, "trained_timesteps": info.trained_timesteps}

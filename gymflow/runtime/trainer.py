@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gymflow.errors import RunDirError
-from gymflow.results import EVAL_METRICS, MODEL_FILE, SPEC_FILE, TRAIN_METRICS, VECNORM_FILE, EvalReport
+from gymflow.results import (EVAL_METRICS, MODEL_FILE, MODEL_INFO_FILE, SPEC_FILE, TRAIN_METRICS, VECNORM_FILE, EvalReport,
+                             ModelInfo)
 from gymflow.runtime import checkpoints
 from gymflow.runtime.callbacks import BudgetCallback, IntervalCallback, PeriodicEvaluation, Progress
 from gymflow.runtime.status import StatusFile
@@ -189,11 +190,15 @@ class Trainer:
         workdir = self.store.workdir
         checkpoints.save_model_files(model, workdir)
         best = workdir / BEST_DIR / MODEL_FILE
+        info = ModelInfo(model="final", timesteps=int(model.num_timesteps), trained_timesteps=int(model.num_timesteps),
+                         best_mean_reward=self.progress.best_mean_reward)
         if self.spec.evaluation.keep_best and best.exists():
             logger.info("keeping the best evaluated model (mean reward %.2f) as %s", self.progress.best_mean_reward or 0.0, MODEL_FILE)
             shutil.copyfile(best, workdir / MODEL_FILE)
             if (workdir / BEST_DIR / VECNORM_FILE).exists():
                 shutil.copyfile(workdir / BEST_DIR / VECNORM_FILE, workdir / VECNORM_FILE)
+            info = info.model_copy(update={"model": "best", "timesteps": self.progress.best_timesteps or info.timesteps})
         for rel in (MODEL_FILE, VECNORM_FILE):
             if (workdir / rel).exists():
                 self.store.publish(rel)
+        self.store.write_json(MODEL_INFO_FILE, info.model_dump(mode="json"))
