@@ -65,6 +65,18 @@ def write_record(store: RunStore, record: TrackingRecord) -> None:
     store.write_json(TRACKING_FILE, record.model_dump(mode="json"))
 
 
+def fail_if_running(store: RunStore) -> str | None:
+    """Mark the run dir's MLflow run FAILED when it is still RUNNING (its orchestrator died); its id when it was."""
+    record = read_record(store)
+    if record is None:
+        return None
+    tracker = Tracker(record.tracking_uri)
+    if tracker.client.get_run(record.mlflow_run_id).info.status != "RUNNING":
+        return None
+    tracker.finish(record.mlflow_run_id, "FAILED")
+    return record.mlflow_run_id
+
+
 def absolute_uri(uri: str) -> str:
     """sqlite:///mlflow.db -> sqlite:////abs/mlflow.db; a relative folder -> its absolute path."""
     from pathlib import Path

@@ -15,6 +15,7 @@ from backends.base import Backend, Handle
 from gymflow.ownership import Lease, Owner, RunDirBusy, spec_conflict
 from gymflow.spec import Spec
 from gymflow.storage import RunStore, prepare
+from gymflow.tracking import fail_if_running
 from tasks.context import prefect_logger
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def reconcile(previous: Owner, store: RunStore, backend: Backend, spec: Spec, fl
     why = f"its orchestrator ({previous.host}, pid {previous.pid}) died; trial taken over by a new run"
     if previous.flow_run_id and previous.flow_run_id != flow_run_id:
         _step(lambda: mark_flow_run_crashed(previous.flow_run_id or "", why), "mark its Prefect flow run Crashed")
-    _step(lambda: _fail_mlflow_run(store), "mark its MLflow run FAILED")
+    _step(lambda: _log_failed(fail_if_running(store)), "mark its MLflow run FAILED")
     _step(lambda: backend.teardown(backend.plan(spec)), "tear down what it provisioned")
 
 
@@ -70,14 +71,6 @@ def mark_flow_run_crashed(flow_run_id: str, message: str) -> bool:
     return True
 
 
-def _fail_mlflow_run(store: RunStore) -> None:
-    from gymflow.tracking import Tracker, read_record
-
-    record = read_record(store)
-    if record is None:
-        return
-    tracker = Tracker(record.tracking_uri)
-    if tracker.client.get_run(record.mlflow_run_id).info.status == "RUNNING":
-        tracker.finish(record.mlflow_run_id, "FAILED")
-        prefect_logger().info("marked the MLflow run %s FAILED", record.mlflow_run_id)
-
+def _log_failed(run_id: str | None) -> None:
+    if run_id:
+        prefect_logger().info("marked the MLflow run %s FAILED", run_id)

@@ -158,3 +158,36 @@ def test_two_runs_of_one_trial_started_together_one_is_refused(stack: Stack, tmp
     steps = [json.loads(line)["timesteps"] for line in (run / "metrics" / "train.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "one worker trained"
     assert len(_mlflow_runs(tmp_path)) == 1
+
+
+def test_gc_ends_the_records_of_a_dead_run_and_leaves_a_live_one_alone(stack: Stack, tmp_path: Path) -> None:
+    env = {**_env(stack, tmp_path), "COLUMNS": "500"}  # the table's rows on one line each
+    dead_dir, live_dir = tmp_path / "dead", tmp_path / "live"
+    dead_dir.mkdir()
+    live_dir.mkdir()
+    dead = _start(_spec(dead_dir), env, tmp_path / "dead.out")
+    _wait(lambda: _forwarded(dead_dir / "run") > 0, "the first trial to train")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    live = _start(_spec(live_dir, budget=200_000), env, tmp_path / "live.out")
+    try:
+        _wait(lambda: _forwarded(live_dir / "run") > 0, "the second trial to train")
+        gymflow = [sys.executable, "-m", "gymflow", "gc"]
+        listed = subprocess.run([*gymflow, "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.count("would mark") == 1 and "would mark the flow run Crashed, tear down" in listed.stdout
+        assert "is dead" in listed.stdout and str(live_dir) not in listed.stdout, listed.stdout
+        assert [f.state.type.value for f in _flow_runs(stack, dead_dir / "run")] == ["RUNNING"]  # a dry run changes nothing
+
+        done = subprocess.run(gymflow, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "flow run marked Crashed, torn down, MLflow run marked FAILED" in done.stdout, done
+        assert [f.state.type.value for f in _flow_runs(stack, dead_dir / "run")] == ["CRASHED"]
+        assert [f.state.type.value for f in _flow_runs(stack, live_dir / "run")] == ["RUNNING"]
+        statuses = {r.data.tags["gymflow.run_uri"]: r.info.status for r in _mlflow_runs(tmp_path)}
+        assert statuses == {str(dead_dir / "run"): "FAILED", str(live_dir / "run"): "RUNNING"}
+        assert workers_gone(dead_dir / "run")
+        again = subprocess.run(gymflow, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert "nothing to collect" in again.stdout
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.wait(120)

@@ -136,3 +136,12 @@ def test_a_run_dir_of_another_trial_is_refused_naming_the_fields(cli: Any, write
             "trial. Put ${trial_id} in storage (the default does), use another storage path, or delete the run dir to "
             "start over") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--older-than", "soon"], "--older-than 'soon': give a duration such as 90s, 30m, 6h or 2d"),
+    (["--backend", "aws"], "--backend 'aws': not a backend; use one of local"),
+])
+def test_gc_refuses_bad_options_before_looking_at_anything(cli: Any, args: list[str], message: str) -> None:
+    result = cli("gc", *args)
+    assert result.code == 2 and message in result.stderr and "Traceback" not in result.stderr

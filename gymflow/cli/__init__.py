@@ -220,6 +220,52 @@ def alerts_remove(file: AutomationsOpt = None) -> None:
     out.print(f"removed {len(removed)} automation(s)" + (f": {', '.join(removed)}" if removed else ""), highlight=False)
 
 
+def _duration(text: str) -> float:
+    """'90s', '30m', '6h', '2d' (or plain seconds) -> seconds; a UserError naming the option otherwise."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not match:
+        raise UserError(f"--older-than {text!r}: give a duration such as 90s, 30m, 6h or 2d")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+@app.command()
+def gc(
+    older_than: Annotated[str, typer.Option("--older-than", help="Only what started longer ago than this (90s, 30m, 6h, 2d).")] = "0s",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be done.")] = False,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Only trials of this backend (local, gcp, azure).")] = None,
+) -> None:
+    """End the records and resources of trials whose orchestrator died: flow runs still Running become Crashed, MLflow
+    runs still RUNNING become FAILED, what they provisioned is torn down. Trials that run are never touched."""
+    from rich.table import Table
+
+    import backends as registry
+    from gymflow.cli import server
+
+    seconds = _duration(older_than)
+    if backend is not None and backend not in registry.available():
+        raise UserError(f"--backend {backend!r}: not a backend; use one of {', '.join(sorted(registry.available()))}")
+    from tasks import gc as reaper
+
+    api_url = server.configured_api_url() or (server.status().api_url if server.status() else None)
+    if api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend)
+    else:
+        err.print("no Prefect server is configured or running: only MLflow runs are checked", style="yellow")
+        found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend, prefect=False)
+    if not found:
+        out.print("nothing to collect: every trial still marked running has a live owner")
+        return
+    table = Table("kind", "id", "trial", "run dir", "age", "why", "done" if not dry_run else "would do")
+    for o in found:
+        table.add_row(o.kind, o.id, o.trial_id, o.run_uri, f"{o.age_s / 60:.0f} min", o.reason, o.action)
+    out.print(table)
+
+
 @app.command("backends")
 def list_backends() -> None:
     """List the registered backends and what each supports."""
