@@ -199,6 +199,10 @@ def test_a_failing_trial_does_not_stop_the_others_and_a_rerun_completes_only_wha
     assert result.code == 1
     text = " ".join(result.stdout.split())
     assert text.count("failed ") >= 2 and "simulator diverged" in text
+    # what a person sees meanwhile: a line per trial as it starts and ends (a table on a terminal), not Prefect's logs
+    board = result.stderr
+    assert board.count("completed: reward ") == 2 and board.count(") failed: ") == 2, board
+    assert "4/4 done: 2 completed, 2 failed; best so far " in board and "Task run 'train'" not in board
     assert "best configuration: timesteps=256" in text
     done_before = {p.parent.name for p in (tmp_path / "runs").rglob("eval.json")}
     assert len(done_before) == 2
@@ -257,3 +261,20 @@ def _worker_pid_parent(run_dir: Path) -> int:
     import json
 
     return int(json.loads((run_dir / "status.json").read_text())["parent_pid"])
+
+
+def test_the_live_table_fits_the_terminal_and_says_how_many_rows_it_hides(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gymflow.cli.board import Board
+
+    _, trials = expand(_sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]},
+                                              "seeds": list(range(10))}, **SMALL))
+    board = Board(trials, ["algorithm.hyperparams.learning_rate"])
+    assert board.refresh() == []  # nothing started: every row waits
+    console = Console(width=160, record=True, force_terminal=True)
+    console.print(board.render(height=12))
+    text = console.export_text()
+    assert text.startswith("0/20 done: 20 waiting")
+    assert text.count("waiting") == 7 and "… and 14 more" in text  # 12 lines: the summary, a header, 6 rows, the rest
+    assert "learning_rate=0.001, seed 0" in text

@@ -128,14 +128,20 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
 
 
 @app.command()
-def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None:
+def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every trial's Prefect log lines instead "
+                                                "of the live table of trials.")] = False) -> None:
     """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
-    from gymflow.cli import pipeline
+    from contextlib import nullcontext
+
+    from gymflow.cli import board, pipeline
 
     plan = _plan(spec, globals_, set_, sweep=True, run_dirs=True)  # every problem, exit 2, before anything runs
     base, trials = plan.base, plan.trials
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
-    with pipeline.sweep_scope(base, trials):  # also ends what the sweep could not start
+    varied = sorted({*base.sweep.grid, *(base.sweep.random.params if base.sweep.random else {})}) if base.sweep else []
+    shown = nullcontext() if verbose else board.shown(board.Board(trials, varied), err)
+    with pipeline.sweep_scope(base, trials), shown:  # the scope also ends what the sweep could not start
         state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
     if not state.is_completed():
         err.print(f"[bold red]sweep failed[/bold red]: {result if isinstance(result, BaseException) else state.message}")
