@@ -16,7 +16,7 @@ from prefect.states import Failed
 from pydantic import BaseModel
 
 import backends
-from flows import events, returned
+from flows import api_writes, events, returned
 from gymflow import compare, config, preflight
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import TrialOutcome
@@ -64,8 +64,10 @@ def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bo
 
     from flows.trial import trial
 
-    quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if in_sweep_process else {}
-    with temporary_settings(updates=quiet):
+    if in_sweep_process and PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None:  # the sweep flow set it (cheaper)
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = trial(spec, parent_run_id=parent_run_id, return_state=True)
+    else:
         state = trial(spec, parent_run_id=parent_run_id, return_state=True)
     result = returned.result_of(state)
     if isinstance(result, TrialOutcome):
@@ -183,6 +185,8 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     workers = slots(len(todo), max_parallel)
     todo = for_local_slots(todo, workers, remote=bool(address))
     in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
+    if in_process:
+        api_writes.install()  # the trials' flows in this process write to the Prefect API one at a time (see there)
     here = backends.create(todo[0]).sweep_scope(min(workers, len(todo))) if in_process else nullcontext()
     with here:  # workers started ahead overlap this process loading MLflow and Dask; those `gymflow sweep` started count
         tracking_uri = absolute_uri(base.tracking.uri or Tracker.default_uri())
@@ -208,9 +212,14 @@ def _tracked(tracking_uri: str, name: str, trials: list[Spec], sid: str) -> tupl
 def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner: Any, limit: int,
              in_process: bool) -> dict[str, TrialOutcome]:
     """Submit at most `limit` trials at a time, under the sweep's MLflow run; collect every result, whatever happens to each."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     results: dict[str, TrialOutcome] = {}
     pending = list(todo)
-    with task_runner:
+    # the trials submitted from here carry these settings (the sweep flow's own heartbeats already started): a
+    # temporary_settings per trial in run_trial costs about 0.3 s of this process's CPU each
+    quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if in_process else {}
+    with task_runner, temporary_settings(updates=quiet):
         parent = tracked.result()[1]
         running: dict[Any, Spec] = {}
         while pending or running:

@@ -86,8 +86,10 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
     from gymflow.cli import pipeline
     from rich.console import Console
 
+    # trials of 1024 steps (about 2 s of training): a trial costs this process about 1.3 s of CPU in Prefect and MLflow
+    # calls, so trials much shorter than that cannot overlap however the sweep schedules them
     spec = _sweep_spec(tmp_path, {"grid": {"algorithm.hyperparams.learning_rate": [1e-3, 3e-4]}, "seeds": [0, 1, 2],
-                                  "max_parallel": 2}, **SMALL)
+                                  "max_parallel": 2}, **{**SMALL, "budget": {"timesteps": 1024}})
     spec["name"] = f"parallel-{uuid.uuid4().hex[:8]}"  # its trial flow runs, and no other test's, are counted below
     base, _ = expand(spec)
     with _listening_sockets() as listening:
