@@ -80,7 +80,8 @@ def gymflow_sweep(timesteps: int, trials: int, workdir: Path, env: dict[str, str
 
 
 def recorded(name: str, workdir: Path, api_url: str) -> tuple[int, int, int, int]:
-    """(trial flow runs, distinct and Completed, MLflow runs under the sweep, distinct trial ids among them)."""
+    """(trial flow runs, trials Completed once, MLflow runs under the sweep, distinct trial ids among them). A trial
+    whose flow run failed on the Prefect API itself is run again by the sweep, so flow runs may exceed trials."""
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName
@@ -95,7 +96,10 @@ def recorded(name: str, workdir: Path, api_url: str) -> tuple[int, int, int, int
             runs += page
             if len(page) < 200:
                 break
-    completed = {r.name for r in runs if r.state and r.state.is_completed()}
+    completed_runs = [r.name for r in runs if r.state and r.state.is_completed()]
+    completed = set(completed_runs)
+    if len(completed_runs) != len(completed):
+        completed = set()  # a trial completed twice: counted as nothing, the check fails
     mlflow = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     experiment = mlflow.get_experiment_by_name(name)
     children = mlflow.search_runs([experiment.experiment_id], filter_string="tags.mlflow.parentRunId != ''",
@@ -126,9 +130,10 @@ def main() -> None:
         plain_wall, plain_cpu = plain(args.timesteps, args.trials)
     total = cpu + server_cpu
     print(f"load test: {args.trials} trials of {args.timesteps} timesteps, 2 at a time, SQLite Prefect server and MLflow")
-    print(f"  Prefect trial flow runs: {flow_runs} ({completed} distinct and Completed)   "
+    print(f"  Prefect trial flow runs: {flow_runs} ({completed} trials Completed, each once; "
+          f"{flow_runs - completed} run again after a Prefect API error)   "
           f"MLflow runs under the sweep: {mlflow_runs} ({distinct} distinct trials)")
-    ok = flow_runs == completed == mlflow_runs == distinct == args.trials
+    ok = completed == mlflow_runs == distinct == args.trials
     print(f"  recorded: {'all, none twice' if ok else 'NOT all once'}")
     print(f"  {'':28}{'gymflow sweep':>16}{'plain SB3 loop':>16}{'ratio':>8}")
     print(f"  {'wall time (s)':28}{wall:16.1f}{plain_wall:16.1f}{wall / plain_wall:8.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -64,17 +65,42 @@ def run_trial(spec: Spec, parent_run_id: str | None = None, in_sweep_process: bo
 
     from flows.trial import trial
 
-    if in_sweep_process and PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None:  # the sweep flow set it (cheaper)
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            state = trial(spec, parent_run_id=parent_run_id, return_state=True)
-    else:
-        state = trial(spec, parent_run_id=parent_run_id, return_state=True)
-    result = returned.result_of(state)
+    for delay in (*API_RETRY_DELAYS, None):
+        try:
+            if in_sweep_process and PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is not None:  # the sweep flow set it
+                with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                    state = trial(spec, parent_run_id=parent_run_id, return_state=True)
+            else:
+                state = trial(spec, parent_run_id=parent_run_id, return_state=True)
+            result = returned.result_of(state)
+        except Exception as exc:  # noqa: BLE001 - the flow run could not even be created
+            state, result = None, exc
+        if delay is None or not _api_unavailable(result):
+            break
+        prefect_logger().warning("trial %s: the Prefect API was unavailable (%s); running it again in %d s (it resumes)",
+                                 spec.trial_id, result, delay)
+        time.sleep(delay)
+    if state is None:
+        return TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome="failed",
+                            run_uri=spec.storage, error=f"{type(result).__name__}: {result}")
     if isinstance(result, TrialOutcome):
         return result
     outcome = "cancelled" if state.is_cancelled() else "failed"
     error = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else (state.message or outcome)
     return TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment, outcome=outcome, run_uri=spec.storage, error=error)
+
+
+API_RETRY_DELAYS = (5, 20)  # a trial whose flow failed on the Prefect API (a 503 from a busy SQLite server) runs again
+
+
+def _api_unavailable(result: Any) -> bool:
+    """Whether a trial failed because the Prefect API did not answer (5xx, 429, a dropped connection)."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(result, PrefectHTTPStatusError):
+        return result.response.status_code in (429, 500, 502, 503, 504)
+    return isinstance(result, httpx.TransportError)
 
 
 def sweep_id(trials: list[Spec]) -> str:

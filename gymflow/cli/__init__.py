@@ -254,7 +254,8 @@ def gc(
         raise UserError(f"--backend {backend!r}: not a backend; use one of {', '.join(sorted(registry.available()))}")
     from tasks import gc as reaper
 
-    api_url = server.configured_api_url() or (server.status().api_url if server.status() else None)
+    running = None if server.configured_api_url() else server.status()
+    api_url = server.configured_api_url() or (running.api_url if running else None)
     if api_url:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -50,6 +50,9 @@ def _state_file() -> Path:
     return home() / "server.json"
 
 
+BUSY_PATIENCE_S = 30.0
+
+
 def healthy(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/api/health", timeout=timeout) as resp:  # noqa: S310 - loopback only
@@ -65,11 +68,21 @@ def status() -> ServerInfo | None:
         info = ServerInfo(int(data["pid"]), str(data["url"]), str(data.get("log", "")))
     except (OSError, ValueError, KeyError):
         return None
-    if pid_alive(info.pid) and healthy(info.url):
-        return info
     if not pid_alive(info.pid):
         _state_file().unlink(missing_ok=True)
-    return None
+        return None
+    # alive: a busy server (a sweep's workers loading torch on every core) may take seconds to answer, and starting a
+    # second server beside it would split the runs over two servers
+    deadline = time.monotonic() + BUSY_PATIENCE_S
+    while not healthy(info.url, timeout=5.0):
+        if not pid_alive(info.pid):
+            _state_file().unlink(missing_ok=True)
+            return None
+        if time.monotonic() > deadline:
+            raise GymflowError(f"the background Prefect server (pid {info.pid}) runs but has not answered at {info.url} "
+                               f"for {BUSY_PATIENCE_S:.0f} s; see {info.log}, or stop it with `gymflow server stop`")
+        time.sleep(0.5)
+    return info
 
 
 def _free_port(preferred: int) -> int:
