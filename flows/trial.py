@@ -20,7 +20,7 @@ from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
 from tasks import phases
 from tasks.claim import claim
-from tasks.context import TrialCancelled, current_flow_run_id, prefect_logger
+from tasks.context import TrialCancelled, check_interrupt, current_flow_run_id, prefect_logger
 from tasks.report import trial_markdown
 
 logger = logging.getLogger(__name__)
@@ -74,9 +74,12 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     cancelled: str | None = None
     try:
         handle = phases.provision(backend, spec)
+        check_interrupt()
         ctx = phases.setup(backend, handle, spec, run_name(spec), parent_run_id)
         timesteps = phases.train(backend, handle, spec, ctx)
+        check_interrupt()
         report = phases.evaluate(backend, handle, spec, ctx)
+        check_interrupt()
         result = phases.store(backend, handle, spec, ctx, report, timesteps)
     except (TrialCancelled, KeyboardInterrupt) as exc:  # a cancel from the UI, or Ctrl-C: the user's own stop
         cancelled = str(exc) if isinstance(exc, TrialCancelled) else f"trial {spec.trial_id} interrupted (Ctrl-C)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -18,6 +19,25 @@ class TrialContext(BaseModel):
     tracking_uri: str
     flow_run_id: str | None = None
     started_at: float = Field(default_factory=time.time)
+
+
+_interrupt = threading.Event()
+
+
+def request_interrupt() -> None:
+    """Ask the trial running in this process to stop at its next safe point (`gymflow run`'s Ctrl-C handler)."""
+    _interrupt.set()
+
+
+def interrupt_requested() -> bool:
+    return _interrupt.is_set()
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt when an interrupt was requested: Ctrl-C takes effect here, in gymflow's own code,
+    where the flow handles it, never inside a library's cleanup callback (where Python drops it)."""
+    if _interrupt.is_set():
+        raise KeyboardInterrupt
 
 
 class TrialCancelled(Exception):

@@ -15,7 +15,7 @@ from gymflow.results import EVAL_METRICS, LOG_FILE, TRAIN_METRICS, Status, Track
 from gymflow.spec import Spec
 from gymflow.storage import RunStore
 from gymflow.tracking import Tracker, read_record, write_record
-from tasks.context import TrialCancelled, TrialContext, cancel_requested, prefect_logger
+from tasks.context import TrialCancelled, TrialContext, cancel_requested, check_interrupt, prefect_logger
 
 FORWARD_S = 5.0  # how often new metrics, log lines and progress go to MLflow and Prefect
 CANCEL_CHECK_S = 3.0
@@ -107,6 +107,7 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
                 forwarded.save(follower)
                 heartbeat.check(heartbeat.fresh(status))
                 lease_held(handle.run_uri)
+            check_interrupt()
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
                 last_cancel_check = time.monotonic()
                 if cancel_requested(ctx.flow_run_id):

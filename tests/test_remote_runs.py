@@ -232,14 +232,16 @@ def test_credentials_that_may_not_write_fail_with_the_fix_and_leave_nothing(
     refused = cli("run", spec)
     assert refused.code == 2 and fix in " ".join(refused.stderr.split()) and "Traceback" not in refused.stderr
 
-    # an account SAS that may read and list: the checks pass, the first write (setup's spec.json) is denied
+    # an account SAS that may read and list: the checks pass, the first write (the lease, before anything is
+    # provisioned) is denied: refused, exit 2
     sas = generate_account_sas(ACCOUNT, KEY, ResourceTypes(service=True, container=True, object=True),
                                AccountSasPermissions(read=True, list=True), expiry)
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={endpoint};SharedAccessSignature={sas}")
     failed = cli("run", spec)
-    assert failed.code == 1
-    summary = " ".join(failed.stderr[failed.stderr.rindex("failed: "):].split())  # the CLI's last word on the trial
-    assert summary.startswith(f"failed: writing az://{ACCOUNT}/{name}/runs/") and fix in summary
+    assert failed.code == 2
+    summary = " ".join(failed.stderr[failed.stderr.rindex("refused: "):].split())  # the CLI's last word on the trial
+    assert summary.startswith(f"refused: writing az://{ACCOUNT}/{name}/runs/") and "/owner.json was denied" in summary
+    assert fix in summary
 
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection)
     assert open_run(f"az://{ACCOUNT}/{name}").list() == []  # nothing written
@@ -248,16 +250,16 @@ def test_credentials_that_may_not_write_fail_with_the_fix_and_leave_nothing(
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_a_bucket_that_refuses_writes_fails_the_trial_with_the_role_it_needs_and_leaves_nothing(
+def test_a_bucket_that_refuses_writes_refuses_the_trial_with_the_role_it_needs_and_leaves_nothing(
         gcs: str, cli: Any, write_spec: Any, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     faults = Faults(deny_writes=True)  # reads go through: the bucket is found; every write is answered 403
     with fault_proxy(os.environ["STORAGE_EMULATOR_HOST"], faults) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy)
         failed = cli("run", write_spec(base_spec(storage=f"{gcs}/runs/${{trial_id}}")))
-    assert failed.code == 1
-    summary = " ".join(failed.stderr[failed.stderr.rindex("failed: "):].split())
-    assert summary.startswith(f"failed: writing {gcs}/runs/") and (
-        "/spec.json was denied (403): the account in use (Application Default Credentials) needs the role "
+    assert failed.code == 2  # the first write is the lease's, before anything is provisioned: refused
+    summary = " ".join(failed.stderr[failed.stderr.rindex("refused: "):].split())
+    assert summary.startswith(f"refused: writing {gcs}/runs/") and (
+        "/owner.json was denied (403): the account in use (Application Default Credentials) needs the role "
         "roles/storage.objectAdmin on the bucket") in summary
     assert open_run(gcs).list() == []  # nothing written
     cache = tmp_path / "gymflow-home" / "run-cache"

@@ -6,7 +6,8 @@ Imported only by the CLI's orchestration commands, so `gymflow worker` never loa
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from rich.console import Console
@@ -32,7 +33,7 @@ def run_trial(spec: Spec, console: Console) -> Any:
     api_url = server.ensure_api()
     console.print(f"trial [bold]{spec.trial_id}[/bold] → {spec.storage}", highlight=False)
     settings = {PREFECT_API_URL: api_url} if api_url else {}
-    with temporary_settings(updates=settings):
+    with temporary_settings(updates=settings), _interruptible():
         from flows.returned import result_of
         from flows.trial import trial
 
@@ -47,6 +48,31 @@ def run_trial(spec: Spec, console: Console) -> Any:
 
     console.print(f"orchestrator peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", style="dim")
     return state
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C asks the trial to stop at its next safe point (within a poll interval: the worker checkpoints, teardown
+    runs, the flow run ends Cancelled); a second Ctrl-C interrupts at once."""
+    import signal
+
+    from tasks.context import interrupt_requested, request_interrupt
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if interrupt_requested():
+            raise KeyboardInterrupt
+        request_interrupt()
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(state: Any, result: Any, console: Console) -> None:

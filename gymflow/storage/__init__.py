@@ -136,17 +136,20 @@ class LocalRunStore(RunStore):
     def read_bytes(self, rel: str) -> bytes:
         return (self.path / rel).read_bytes()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def _put(self, rel: str, data: bytes, place: Any) -> None:
+        """Write data to a temporary file beside rel, then place(tmp, target) it: readers never see half of it."""
         target = self.path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            place(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # gone already after a replace; left after a link
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._put(rel, data, os.replace)
 
     def read_from(self, rel: str, offset: int) -> bytes:
         try:
@@ -167,17 +170,10 @@ class LocalRunStore(RunStore):
         (self.path / rel).unlink(missing_ok=True)
 
     def create_bytes(self, rel: str, data: bytes) -> bool:
-        target = self.path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.link(tmp, target)  # fails when target exists: the whole content appears at once, or nothing
+            self._put(rel, data, os.link)  # a link fails when the target exists: all of it appears at once, or nothing
         except FileExistsError:
             return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return True
 
     @staticmethod
