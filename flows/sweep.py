@@ -23,7 +23,7 @@ from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import TrialOutcome
 from gymflow.spec import Spec
 from gymflow.storage import common_parent, open_run
-from gymflow.sweep import finished_report, for_local_slots, pin_for_workers, slots
+from gymflow.sweep import finished_report, for_local_slots, pin_for_workers, slots, varied_paths
 from gymflow.sweep import dask_address as resolve_address
 from gymflow.tracking import Tracker, absolute_uri
 from tasks.context import prefect_logger
@@ -194,7 +194,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     sweep_spec = base.sweep
     if sweep_spec is None:  # expand refuses a spec without one
         raise ValueError("preflight.check(sweep=True) returned a spec without a sweep section")
-    varied = sorted({*sweep_spec.grid, *(sweep_spec.random.params if sweep_spec.random else {})})
+    varied = varied_paths(sweep_spec)
     name = base.name
     max_parallel = max_parallel or sweep_spec.max_parallel
     results: dict[str, TrialOutcome] = {}

@@ -39,8 +39,7 @@ def _flow_run_name() -> str:
 
     params = flow_run.parameters
     try:
-        spec = config.resolve_input(params.get("spec"), params.get("spec_file"), params.get("overrides") or (),
-                                    params.get("globals_files") or (), deep=False)
+        spec = config.resolve_parameters(params)
     except Exception:  # noqa: BLE001 - the flow itself reports a bad spec
         spec_file = params.get("spec_file")
         return f"trial-{Path(str(spec_file)).stem}" if spec_file else "trial"

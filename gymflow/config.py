@@ -265,3 +265,10 @@ def resolve_input(
 def _unique(problems: list[Problem]) -> list[Problem]:
     seen: set[Problem] = set()
     return [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def resolve_parameters(params: dict[str, Any]) -> Spec:
+    """The trial a trial flow run's parameters stand for (spec or spec_file, overrides, globals_files), shallowly
+    checked: for naming a flow run and for finding a run's run dir afterwards."""
+    return resolve_input(params.get("spec"), params.get("spec_file"), params.get("overrides") or (),
+                         params.get("globals_files") or (), deep=False)

@@ -177,6 +177,11 @@ def pin_for_workers(trial: Spec, tracking_uri: str) -> Spec:
     return trial.model_copy(update=updates) if updates else trial
 
 
+def varied_paths(sweep: SweepSpec) -> list[str]:
+    """The dotted spec paths a sweep varies (its grid's and its random search's), sorted."""
+    return sorted({*sweep.grid, *(sweep.random.params if sweep.random else {})})
+
+
 def varied_values(spec: Spec, paths: list[str]) -> dict[str, Any]:
     """The values a trial has at the swept paths (for tables and grouping)."""
     data = spec.model_dump(mode="json")

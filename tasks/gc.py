@@ -65,8 +65,7 @@ def _owner_gone(run_uri: str, flow_run_id: str | None = None) -> str | None:
 
 def _spec_of(parameters: dict[str, Any]) -> Spec | None:
     try:
-        return config.resolve_input(parameters.get("spec"), parameters.get("spec_file"), parameters.get("overrides") or (),
-                                    parameters.get("globals_files") or (), deep=False)
+        return config.resolve_parameters(parameters)
     except Exception:  # noqa: BLE001 - a flow run whose spec no longer resolves cannot be judged
         logger.debug("cannot resolve the spec of a flow run", exc_info=True)
         return None

@@ -134,12 +134,13 @@ def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None,
     """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
     from contextlib import nullcontext
 
+    from gymflow import sweep as sweeps
     from gymflow.cli import board, pipeline
 
     plan = _plan(spec, globals_, set_, sweep=True, run_dirs=True)  # every problem, exit 2, before anything runs
     base, trials = plan.base, plan.trials
     err.print(f"sweep [bold]{base.name}[/bold]: {len(trials)} trials", highlight=False)
-    varied = sorted({*base.sweep.grid, *(base.sweep.random.params if base.sweep.random else {})}) if base.sweep else []
+    varied = sweeps.varied_paths(base.sweep) if base.sweep else []
     shown = nullcontext() if verbose else board.shown(board.Board(trials, varied), err)
     with pipeline.sweep_scope(base, trials), shown:  # the scope also ends what the sweep could not start
         state, result = pipeline.run_sweep(str(spec), [str(g) for g in globals_ or []], list(set_ or []), err)
@@ -254,8 +255,10 @@ def gc(
         raise UserError(f"--backend {backend!r}: not a backend; use one of {', '.join(sorted(registry.available()))}")
     from tasks import gc as reaper
 
-    running = None if server.configured_api_url() else server.status()
-    api_url = server.configured_api_url() or (running.api_url if running else None)
+    api_url = server.configured_api_url()
+    if api_url is None:
+        running = server.status()
+        api_url = running.api_url if running else None
     if api_url:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

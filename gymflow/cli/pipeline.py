@@ -55,6 +55,7 @@ def _interruptible() -> Iterator[None]:
     """Ctrl-C asks the trial to stop at its next safe point (within a poll interval: the worker checkpoints, teardown
     runs, the flow run ends Cancelled); a second Ctrl-C interrupts at once."""
     import signal
+    import threading
 
     from tasks.context import interrupt_requested, request_interrupt
 
@@ -62,8 +63,6 @@ def _interruptible() -> Iterator[None]:
         if interrupt_requested():
             raise KeyboardInterrupt
         request_interrupt()
-
-    import threading
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
