@@ -193,8 +193,8 @@ def check_data(data: dict[str, Any], variables: dict[str, Any], trial_id: str | 
                deep: bool = True) -> tuple[Spec | None, dict[str, Any], list[Problem]]:
     """Substitute, validate and check a merged raw spec: the Spec with its trial id (None when there are
     problems), the substituted raw data, and every problem found."""
-    variables = {**variables, "experiment": data.get("name", ""), "seed": data.get("seed", 0),
-                 "date": _dt.date.today().isoformat()}
+    known = {"experiment": data.get("name", ""), "seed": data.get("seed", 0), "date": _dt.date.today().isoformat()}
+    variables = {**variables, **known}
     data, problems = substitute(data, variables, keep=("trial_id",))
     problems += non_finite(data)
     try:
@@ -208,7 +208,8 @@ def check_data(data: dict[str, Any], variables: dict[str, Any], trial_id: str | 
     if problems or resolved is None:
         return None, data, problems or [Problem("", "the spec is not valid")]
     tid = trial_id or resolved.trial_id or trial_id_for(resolved)
-    final, _ = substitute(resolved.model_dump(mode="json", exclude_none=False), {"trial_id": tid})
+    # the defaults filled in by the model (storage: ./runs/${experiment}/${trial_id}) use the well-known variables too
+    final, _ = substitute(resolved.model_dump(mode="json", exclude_none=False), {**known, "trial_id": tid})
     final["trial_id"] = tid
     return Spec.model_validate(final), data, []
 

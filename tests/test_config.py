@@ -41,6 +41,12 @@ def test_globals_provide_variables_and_well_known_values(tmp_path: Path) -> None
     assert resolved.description == "by ada"
 
 
+def test_the_default_storage_path_names_the_experiment_and_the_trial(tmp_path: Path) -> None:
+    spec = {k: v for k, v in base_spec(name="pendulum").items() if k != "storage"}
+    resolved = config.resolve(_write(tmp_path / "s.yaml", spec), deep=False)
+    assert resolved.storage == f"./runs/pendulum/{resolved.trial_id}"
+
+
 def test_lone_variable_keeps_its_type_and_dollar_dollar_escapes(tmp_path: Path) -> None:
     spec = _write(tmp_path / "s.yaml", base_spec(budget={"timesteps": "${steps}"}, description="cost $${not_a_var}"))
     glob = _write(tmp_path / "g.yaml", {"steps": 2048})

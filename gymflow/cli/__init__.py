@@ -156,12 +156,19 @@ app.add_typer(server_app, name="server")
 
 
 @server_app.command("start")
-def server_start(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200) -> None:
+def server_start(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 4200,
+    database: Annotated[Optional[str], typer.Option(
+        help="postgresql://USER:PASSWORD@HOST:PORT/DATABASE to keep the runs in PostgreSQL (remembered for later "
+             "starts), or `sqlite` for Prefect's default file.", show_default=False)] = None,
+) -> None:
     """Start the background Prefect server (or report the running one)."""
+    from gymflow.cli import database as databases
     from gymflow.cli import server
 
-    info = server.start(port)
-    out.print(f"Prefect server running at {info.url} (pid {info.pid}); UI: {info.url}, log: {info.log}")
+    info = server.start(port, databases.parse(database) if database is not None else None)
+    out.print(f"Prefect server running at {info.url} (pid {info.pid}) on {info.database.shown()}; "
+              f"UI: {info.url}, log: {info.log}", highlight=False)
 
 
 @server_app.command("stop")
@@ -181,7 +188,7 @@ def server_status() -> None:
     if info is None:
         out.print("not running (`gymflow run` starts it; `gymflow server start` starts it now)")
         raise typer.Exit(1)
-    out.print(f"running at {info.url} (pid {info.pid})")
+    out.print(f"running at {info.url} (pid {info.pid}) on {info.database.shown()}", highlight=False)
 
 
 alerts_app = typer.Typer(help="Alerts: the Prefect automations in deployments/automations.yaml.", no_args_is_help=True)

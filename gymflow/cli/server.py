@@ -5,7 +5,9 @@ costs 10-20 s per `gymflow run`. Instead the first run starts `prefect server st
 on 127.0.0.1 in the background (state in ~/.gymflow/server.json) and later runs reuse
 it: they only pay the flow's own start-up, and the UI keeps every run's history.
 `PREFECT_API_URL` (or a Prefect profile) pointing elsewhere always wins, and
-`GYMFLOW_EPHEMERAL=1` falls back to Prefect's temporary server.
+`GYMFLOW_EPHEMERAL=1` falls back to Prefect's temporary server. The server keeps its runs in
+Prefect's SQLite file, or in PostgreSQL once `gymflow server start --database URL` chose it
+(gymflow/cli/database.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from gymflow.errors import GymflowError
+from gymflow.cli import database
+from gymflow.cli.database import Database
+from gymflow.errors import GymflowError, UserError
 from gymflow.paths import home
 from gymflow.procs import pid_alive
 
@@ -31,8 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4200
 START_TIMEOUT_S = 90.0
-
-
+BUSY_PATIENCE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ServerInfo:
     pid: int
     url: str
     log: str
+    database: Database = Database(None)
 
     @property
     def api_url(self) -> str:
@@ -48,9 +52,6 @@ class ServerInfo:
 
 def _state_file() -> Path:
     return home() / "server.json"
-
-
-BUSY_PATIENCE_S = 30.0
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -65,7 +66,7 @@ def status() -> ServerInfo | None:
     """The running background server, or None (a stale state file is removed)."""
     try:
         data = json.loads(_state_file().read_text())
-        info = ServerInfo(int(data["pid"]), str(data["url"]), str(data.get("log", "")))
+        info = ServerInfo(int(data["pid"]), str(data["url"]), str(data.get("log", "")), Database(data.get("database")))
     except (OSError, ValueError, KeyError):
         return None
     if not pid_alive(info.pid):
@@ -96,11 +97,23 @@ def _free_port(preferred: int) -> int:
     raise GymflowError("no free port for the Prefect server")
 
 
-def start(port: int = DEFAULT_PORT) -> ServerInfo:
-    """Start the background server (or return the one running) and wait until it answers."""
+def start(port: int = DEFAULT_PORT, db: Database | None = None) -> ServerInfo:
+    """Start the background server (or return the one running) and wait until it answers.
+
+    `db` is the database asked for with `--database` (checked, then remembered); None keeps the one
+    remembered. A running server on another database is never silently swapped: stop it first.
+    """
     running = status()
     if running is not None:
+        if db is not None and db != running.database:
+            raise UserError(f"--database: the background Prefect server already runs at {running.url} on "
+                            f"{running.database.shown()}; stop it first (`gymflow server stop`), then start it again "
+                            f"with --database")
         return running
+    if db is not None:
+        database.check(db)
+        database.save(db)
+    db = database.saved()
     home().mkdir(parents=True, exist_ok=True)
     port = _free_port(port)
     url = f"http://127.0.0.1:{port}"
@@ -109,14 +122,16 @@ def start(port: int = DEFAULT_PORT) -> ServerInfo:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_URL": url},  # links in alerts
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_URL": url,  # links in alerts
+                 **db.env()},
         )
-    info = ServerInfo(proc.pid, url, str(log))
-    _state_file().write_text(json.dumps({"pid": info.pid, "url": url, "log": str(log), "started_at": time.time()}))
+    info = ServerInfo(proc.pid, url, str(log), db)
+    state = {"pid": info.pid, "url": url, "log": str(log), "started_at": time.time(), "database": db.url}
+    database.write_private(_state_file(), json.dumps(state))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if healthy(url):
-            logger.info("Prefect server started at %s (pid %d)", url, proc.pid)
+            logger.info("Prefect server started at %s (pid %d) on %s", url, proc.pid, db.shown())
             return info
         if proc.poll() is not None:
             _state_file().unlink(missing_ok=True)
