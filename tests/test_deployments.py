@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ import pytest
 import yaml
 
 from conftest import base_spec, workers_gone
-from prefect_stack import Stack, free_port, prefect_stack
+from prefect_stack import Stack, prefect_stack
+from webhook import receiver, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -112,36 +111,10 @@ def test_the_sweep_deployment_takes_an_inline_spec_from_the_form(stack: Stack, t
 # --- alerts ---------------------------------------------------------------------------------
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-    handler = type("Receiver", (_Receiver,), {"received": received})
-    server = HTTPServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
-
-
-def _wait_for(received: list[dict[str, Any]], count: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while len(received) < count and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(5)  # and no second alert for the same thing
+    with receiver() as hook:
+        yield hook
 
 
 def test_a_failed_trial_and_a_completed_sweep_each_send_one_alert(stack: Stack, tmp_path: Path,
@@ -157,7 +130,7 @@ def test_a_failed_trial_and_a_completed_sweep_each_send_one_alert(stack: Stack, 
     spec_file.write_text(yaml.safe_dump(failing))
     run = _run_deployment(stack, "trial/cartpole", spec_file=str(spec_file))
     assert run.returncode != 0 and "Failed" in run.stdout
-    _wait_for(received, 1)
+    wait_for(received, 1)
     assert len(received) == 1, received
     (trial_dir,) = (tmp_path / "runs").iterdir()
     alert = received[0]
@@ -168,7 +141,7 @@ def test_a_failed_trial_and_a_completed_sweep_each_send_one_alert(stack: Stack, 
 
     run = _run_deployment(stack, "sweep/cartpole-sweep", spec_file=str(_sweep_file(tmp_path)))
     assert run.returncode == 0, run.stdout + run.stderr
-    _wait_for(received, 2)
+    wait_for(received, 2)
     assert len(received) == 2, received
     alert = received[1]
     assert alert["subject"] == "gymflow: sweep alerted-sweep completed"
@@ -240,7 +213,7 @@ def test_a_crashed_trial_sends_one_alert_and_leaves_no_worker_running(stack: Sta
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the orchestrating process dies: no flow code runs after this
 
-    _wait_for(received, 1)
+    wait_for(received, 1)
     assert len(received) == 1, received
     alert = received[0]
     assert alert["subject"].startswith("gymflow: trial crashing-ppo-cartpole-v1-seed0-") and alert["subject"].endswith(" crashed")

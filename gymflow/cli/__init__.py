@@ -196,13 +196,18 @@ app.add_typer(alerts_app, name="alerts")
 AutomationsOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Automations YAML [default: deployments/automations.yaml].")]
 
 
-def _prefect_api() -> Any:
-    """Prefect pointed at the configured server, else gymflow's background server (started if needed)."""
+def _prefect_api(api_url: str) -> Any:
+    """Prefect pointed at this API."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    return temporary_settings(updates={PREFECT_API_URL: api_url})
+
+
+def _api_url() -> str:
+    """The configured Prefect API, else gymflow's background server's (started if needed)."""
     from gymflow.cli import server
 
-    return temporary_settings(updates={PREFECT_API_URL: server.configured_api_url() or server.start().api_url})
+    return server.configured_api_url() or server.start().api_url
 
 
 @alerts_app.command("apply")
@@ -210,26 +215,34 @@ def alerts_apply(
     webhook: Annotated[Optional[str], typer.Option(help="Send alerts to this webhook URL (saved as the block 'gymflow-alerts').")] = None,
     block: Annotated[Optional[str], typer.Option(help="Send alerts through this notification block, TYPE/NAME (e.g. slack-webhook/team).")] = None,
     file: AutomationsOpt = None,
+    heartbeats: Annotated[Optional[bool], typer.Option(
+        "--heartbeats/--no-heartbeats", show_default=False,
+        help="Also mark runs whose heartbeats stopped for 10 minutes Crashed (deployments/automations-postgresql.yaml) "
+             "[default: when gymflow's background server runs on PostgreSQL].")] = None,
 ) -> None:
     """Create or update the alert automations on the Prefect server, notifying through one block."""
-    from gymflow.cli import alerts
+    from gymflow.cli import alerts, server
 
     path = file or alerts.default_file()
     items = alerts.load(path)
     alerts.check_target(block, webhook)  # bad input: exit 2 before any server is contacted
-    with _prefect_api():
-        applied = alerts.apply(path, items, block=block, webhook=webhook)
+    api_url = _api_url()
+    if heartbeats is None:
+        heartbeats = file is None and server.dialect_of(api_url) == "postgresql"
+    sets = [(path, items)] + ([(alerts.heartbeat_file(), alerts.load(alerts.heartbeat_file()))] if heartbeats else [])
+    with _prefect_api(api_url):
+        applied = alerts.apply(sets, block=block, webhook=webhook)
     for item in applied:
         out.print(f"{'created' if item.created else 'updated'} automation [bold]{item.name}[/bold] ({item.id})", highlight=False)
 
 
 @alerts_app.command("remove")
 def alerts_remove(file: AutomationsOpt = None) -> None:
-    """Delete the alert automations from the Prefect server."""
+    """Delete the alert automations from the Prefect server (with the heartbeat watch, unless --file is given)."""
     from gymflow.cli import alerts
 
-    items = alerts.load(file or alerts.default_file())
-    with _prefect_api():
+    items = alerts.load(file) if file else alerts.load(alerts.default_file()) + alerts.load(alerts.heartbeat_file())
+    with _prefect_api(_api_url()):
         removed = alerts.remove(items)
     out.print(f"removed {len(removed)} automation(s)" + (f": {', '.join(removed)}" if removed else ""), highlight=False)
 

@@ -29,6 +29,11 @@ def default_file() -> Path:
     return Path(__file__).resolve().parents[2] / "deployments" / "automations.yaml"
 
 
+def heartbeat_file() -> Path:
+    """deployments/automations-postgresql.yaml: the heartbeat watch, for servers on PostgreSQL."""
+    return default_file().with_name("automations-postgresql.yaml")
+
+
 @dataclass(frozen=True)
 class Applied:
     name: str
@@ -104,14 +109,15 @@ def _save_webhook(url: str) -> UUID:
     return hook.save(WEBHOOK_BLOCK, overwrite=True)
 
 
-def apply(path: Path, items: list[dict[str, Any]], block: str | None = None, webhook: str | None = None) -> list[Applied]:
-    """Create or update the automations loaded from `path`, notifying through the chosen block."""
+def apply(files: list[tuple[Path, list[dict[str, Any]]]], block: str | None = None,
+          webhook: str | None = None) -> list[Applied]:
+    """Create or update the automations loaded from each file, notifying through the chosen block."""
     from prefect.client.orchestration import get_client
 
     applied = []
     with get_client(sync_client=True) as client:
         block_id = _block_id(client, block, webhook)
-        for item in items:
+        for path, item in ((path, item) for path, items in files for item in items):
             automation = _validate(path, item, block_id)
             existing = client.read_automations_by_name(automation.name)
             if existing:

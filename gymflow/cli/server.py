@@ -161,6 +161,15 @@ def stop() -> bool:
     return True
 
 
+def dialect_of(api_url: str) -> str | None:
+    """The database ("postgresql" or "sqlite") under the server at this API when it is gymflow's background
+    server; None for any other server (Prefect's API does not say)."""
+    running = status()
+    if running is None or running.api_url.rstrip("/") != api_url.rstrip("/"):
+        return None
+    return running.database.dialect
+
+
 def configured_api_url() -> str | None:
     """PREFECT_API_URL from the environment or the active Prefect profile, if any."""
     from prefect.settings import get_current_settings
