@@ -87,6 +87,8 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         result = None
     except BaseException as exc:
         _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
+        if _checkpoint_steps(backend, handle):
+            log.warning("%s", _resume_hint(backend, handle, spec))
         raise
     finally:
         _teardown(backend, handle)
@@ -108,14 +110,28 @@ def _checked(spec: Spec | None, spec_file: str | None, overrides: Sequence[str],
 
 def _resume_hint(backend: Any, handle: Any, spec: Spec) -> str:
     """How to go on: a rerun resumes from the newest checkpoint (named where the run dir says which)."""
+    steps = _checkpoint_steps(backend, handle)
+    where = f"its checkpoint at {steps[-1]} timesteps" if steps else "its newest checkpoint"
+    return f"Run the same spec again to resume from {where} (budget {spec.budget.timesteps or spec.budget.episodes})."
+
+
+def _checkpoint_steps(backend: Any, handle: Any) -> list[int]:
     from gymflow.runtime import checkpoints
 
     try:
-        steps = checkpoints.steps(backend.store(handle))
+        return list(checkpoints.steps(backend.store(handle)))
     except Exception:  # noqa: BLE001 - the hint is a courtesy
-        steps = []
-    where = f"its checkpoint at {steps[-1]} timesteps" if steps else "its newest checkpoint"
-    return f"Run the same spec again to resume from {where} (budget {spec.budget.timesteps or spec.budget.episodes})."
+        return []
+
+
+def resume_hint(spec: Spec) -> str | None:
+    """After a failed trial: how a rerun goes on, when the run dir holds a checkpoint to resume from."""
+    try:
+        backend = backends.create(spec)
+        handle = backend.plan(spec)
+    except Exception:  # noqa: BLE001 - the hint is a courtesy
+        return None
+    return _resume_hint(backend, handle, spec) if _checkpoint_steps(backend, handle) else None
 
 
 def _teardown(backend: Any, handle: Any) -> None:

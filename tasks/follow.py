@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import time
 from typing import Any
 
@@ -170,6 +171,16 @@ def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: s
         raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see {hint}")
     if status.state == "failed":
         raise WorkerError(f"the {phase} worker failed: {status.error}")
+    if exit_code is not None and exit_code < 0:
+        raise WorkerError(f"the {phase} worker was killed by {_signal_name(-exit_code)} (exit code {exit_code}) "
+                          f"in state {status.state!r}")
     if exit_code not in (0, None) or status.state != "completed":
         raise WorkerError(f"the {phase} worker ended with exit code {exit_code} in state {status.state!r}")
     return status
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

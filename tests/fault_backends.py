@@ -1,18 +1,31 @@
-"""A backend for tests: the local backend with failures injected on request, and a teardown record."""
+"""A backend for tests: the local backend with failures injected on request, and a teardown record.
+
+Besides its settings (the same in every run of a trial), a fault can be injected into one process's run through
+GYMFLOW_TEST_FAULT=KIND@PHASE[,PHASE...], for the fault table of tests/test_fault_table.py:
+- raise: the backend raises a BackendError (not transient: never retried), once per process;
+- kill-orchestrator: the orchestrating process SIGKILLs itself (no flow code runs after it);
+- kill-worker: the phase's worker processes are SIGKILLed;
+- pause: the phase waits, with `fault-paused-PHASE` in the run dir, until the test writes `fault-resume-PHASE`.
+Faults fire in provision (after the provision), setup (the train worker started), train and evaluate (the worker
+running its phase), store (as the MLflow artifacts are read) and teardown (before anything is torn down).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from backends.base import BackendError, Handle, Phase, TransientBackendError
+from backends.base import BackendError, Handle, Phase, TransientBackendError, WorkerState
 from backends.local import LocalBackend
-from backends.local.backend import _processes
+from backends.local.backend import _folder, _processes
 from gymflow.spec import Spec
 
 
@@ -41,6 +54,7 @@ class FaultyBackend(LocalBackend):
         self.provision_calls += 1
         handle = super()._provision(spec)
         _append(Path(handle.run_uri) / "provision_calls.jsonl", {"call": self.provision_calls})
+        _inject(handle, "provision")
         if self.settings.transient_failures >= self.provision_calls:
             raise TransientBackendError("quota temporarily exceeded (429)")
         if self.settings.fail_in == "provision":
@@ -49,6 +63,7 @@ class FaultyBackend(LocalBackend):
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
         super()._setup(handle, spec)  # the train worker is started, so a failing setup must stop it
+        _inject(handle, "setup")
         if self.settings.fail_in == "setup":
             raise BackendError("could not prepare the worker image")
 
@@ -67,7 +82,22 @@ class FaultyBackend(LocalBackend):
         (Path(handle.run_uri) / f"worker-{phase}.pid").write_text(str(proc.pid))
         return {"pid": proc.pid}
 
+    def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
+        state = super()._poll(handle, phase)
+        if state.running and _working(handle, phase):
+            _inject(handle, phase)
+        return state
+
+    def store(self, handle: Handle) -> Any:
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        if context is not None and context.task.name == "store":
+            _inject(handle, "store")
+        return super().store(handle)
+
     def _teardown(self, handle: Handle) -> None:
+        _inject(handle, "teardown")
         super()._teardown(handle)
         _append(Path(handle.run_uri) / "teardown.jsonl", {"provisioned": handle.provisioned, "data": handle.data})
 
@@ -82,6 +112,46 @@ _REPLACEMENTS = {
     "slow": ("import runpy, sys, time; time.sleep({delay}); sys.argv = ['gymflow', 'worker', 'train', {run!r}]; "
              "runpy.run_module('gymflow', run_name='__main__')"),
 }
+
+
+FAULT_ENV = "GYMFLOW_TEST_FAULT"
+_fired: set[tuple[str, str]] = set()
+
+
+def _working(handle: Handle, phase: Phase) -> bool:
+    """The worker has begun this phase's work: a checkpoint written in training, or the evaluation under way."""
+    try:
+        status = json.loads((_folder(handle.run_uri) / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if status.get("phase") != phase or status.get("state") != "running":
+        return False
+    return phase != "train" or any((_folder(handle.run_uri) / "checkpoints").glob("*/meta.json"))  # trained a while
+
+
+def _inject(handle: Handle, phase: Phase | str) -> None:
+    """The fault GYMFLOW_TEST_FAULT asks for in this phase, once per process."""
+    kind, _, phases = os.environ.get(FAULT_ENV, "").partition("@")
+    if phase not in phases.split(",") or (kind, phase) in _fired:
+        return
+    _fired.add((kind, phase))
+    run_dir = _folder(handle.run_uri)
+    _append(run_dir / "faults.jsonl", {"kind": kind, "phase": phase, "pid": os.getpid(), "at": time.time()})
+    if kind == "raise":
+        raise BackendError(f"injected failure in {phase}")
+    if kind == "kill-orchestrator":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "kill-worker":
+        for pid_file in run_dir.glob("worker-*.pid"):
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    if kind == "pause":
+        (run_dir / f"fault-paused-{phase}").touch()
+        deadline = time.monotonic() + 300
+        while not (run_dir / f"fault-resume-{phase}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -47,6 +47,29 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "gymflow", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
+    def start_server(self) -> None:
+        """`prefect server start` on this stack's port and state; returns once it answers."""
+        port = self.url.rsplit(":", 1)[1]
+        log = (self.folder / "server.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.insert(0, proc)
+        deadline = time.monotonic() + 120
+        while not _healthy(self.url):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"prefect server did not start; see {self.folder / 'server.log'}")
+            time.sleep(0.2)
+
+    def stop_server(self) -> None:
+        """Stop the server as a restart would (SIGTERM); its database stays."""
+        proc = self.procs.pop(0)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def start_worker(self) -> None:
         log = (self.folder / "worker.log").open("ab")
         self.procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
@@ -71,16 +94,9 @@ def prefect_stack(folder: Path, scheduler_loop_s: int = 2) -> Iterator[Stack]:
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_s),
            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_HEARTBEAT_SECONDS": "5", "CI": "true"}
     folder.mkdir(parents=True, exist_ok=True)
-    log = (folder / "server.log").open("ab")
     stack = Stack(url, env, folder)
-    stack.procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                         "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            if time.monotonic() > deadline or stack.procs[0].poll() is not None:
-                raise RuntimeError(f"prefect server did not start; see {folder / 'server.log'}")
-            time.sleep(0.5)
+        stack.start_server()
         created = stack.prefect("work-pool", "create", POOL, "--type", "process", "--overwrite")
         if created.returncode != 0:
             raise RuntimeError(f"work pool: {created.stdout}{created.stderr}")

@@ -17,6 +17,7 @@ import yaml
 
 from conftest import base_spec, workers_gone
 from prefect_stack import ROOT, Stack, prefect_stack
+from records import flow_runs, mlflow_runs, trained
 
 pytestmark = pytest.mark.slow
 
@@ -61,30 +62,8 @@ def _forwarded(run: Path) -> int:
         return 0
 
 
-def _trained(run: Path) -> int:
-    try:
-        return int(json.loads((run / "status.json").read_text()).get("timesteps", 0))
-    except (OSError, ValueError):
-        return 0
-
-
-def _flow_runs(stack: Stack, run: Path) -> list[Any]:
-    """The trial flow runs on this run dir (the tests share a server and their trials share ids)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs()
-    mine = [r for r in runs if (r.parameters.get("spec") or {}).get("storage") == str(run)]
-    return sorted(mine, key=lambda r: r.created)
-
-
 def _mlflow_runs(tmp_path: Path) -> list[Any]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def test_a_killed_run_is_resumed_by_the_next_as_one_record(stack: Stack, tmp_path: Path) -> None:
@@ -96,7 +75,7 @@ def test_a_killed_run_is_resumed_by_the_next_as_one_record(stack: Stack, tmp_pat
 
     spec, run, env = _spec(tmp_path), tmp_path / "run", _env(stack, tmp_path)
     first = _start(spec, env, tmp_path / "first.out")
-    _wait(lambda: _forwarded(run) > 0 and _trained(run) >= 3000, "training metrics forwarded to MLflow")
+    _wait(lambda: _forwarded(run) > 0 and trained(run) >= 3000, "training metrics forwarded to MLflow")
     first.send_signal(signal.SIGKILL)
     first.wait()
     _wait(lambda: workers_gone(run), "the orphaned worker to checkpoint and stop", 60)
@@ -108,7 +87,7 @@ def test_a_killed_run_is_resumed_by_the_next_as_one_record(stack: Stack, tmp_pat
     assert second.returncode == 0, output
     assert "the previous run of this trial died" in output and "marking its records and resuming" in output
 
-    flows = _flow_runs(stack, run)
+    flows = flow_runs(stack, run)
     assert [f.state.type.value for f in flows] == ["CRASHED", "COMPLETED"]
     assert "died; trial taken over by a new run" in (flows[0].state.message or "")
 
@@ -133,14 +112,14 @@ def test_a_killed_run_is_resumed_by_the_next_as_one_record(stack: Stack, tmp_pat
 def test_ctrl_c_ends_as_cancelled_with_how_to_resume(stack: Stack, tmp_path: Path) -> None:
     spec, run, env = _spec(tmp_path), tmp_path / "run", _env(stack, tmp_path)
     proc = _start(spec, env, tmp_path / "out.txt")
-    _wait(lambda: _trained(run) >= 1000, "training to start")
+    _wait(lambda: trained(run) >= 1000, "training to start")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(120) == 130
     output = (tmp_path / "out.txt").read_text()
     last = [line for line in output.splitlines() if line.strip()][-2]  # before the memory line
     assert last.startswith("cancelled: trial ") and "interrupted (Ctrl-C); the worker stopped and teardown is done. " \
         "Run the same spec again to resume from its checkpoint at " in last, output[-3000:]
-    assert [f.state.type.value for f in _flow_runs(stack, run)] == ["CANCELLED"]
+    assert [f.state.type.value for f in flow_runs(stack, run)] == ["CANCELLED"]
     assert _mlflow_runs(tmp_path)[0].info.status == "KILLED"
     assert json.loads((run / "owner.json").read_text())["released_at"] is not None
     assert workers_gone(run)
@@ -177,12 +156,12 @@ def test_gc_ends_the_records_of_a_dead_run_and_leaves_a_live_one_alone(stack: St
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.count("would mark") == 1 and "would mark the flow run Crashed, tear down" in listed.stdout
         assert "is dead" in listed.stdout and str(live_dir) not in listed.stdout, listed.stdout
-        assert [f.state.type.value for f in _flow_runs(stack, dead_dir / "run")] == ["RUNNING"]  # a dry run changes nothing
+        assert [f.state.type.value for f in flow_runs(stack, dead_dir / "run")] == ["RUNNING"]  # a dry run changes nothing
 
         done = subprocess.run(gymflow, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and "flow run marked Crashed, torn down, MLflow run marked FAILED" in done.stdout, done
-        assert [f.state.type.value for f in _flow_runs(stack, dead_dir / "run")] == ["CRASHED"]
-        assert [f.state.type.value for f in _flow_runs(stack, live_dir / "run")] == ["RUNNING"]
+        assert [f.state.type.value for f in flow_runs(stack, dead_dir / "run")] == ["CRASHED"]
+        assert [f.state.type.value for f in flow_runs(stack, live_dir / "run")] == ["RUNNING"]
         statuses = {r.data.tags["gymflow.run_uri"]: r.info.status for r in _mlflow_runs(tmp_path)}
         assert statuses == {str(dead_dir / "run"): "FAILED", str(live_dir / "run"): "RUNNING"}
         assert workers_gone(dead_dir / "run")

@@ -44,6 +44,12 @@ def run_trial(spec: Spec, console: Console) -> Any:
     if url:
         console.print(f"Prefect UI: {url}", highlight=False)
     _summary(state, result, console)
+    if state.is_failed() and state.name != REFUSED:
+        from flows.trial import resume_hint
+
+        hint = resume_hint(spec)
+        if hint:
+            console.print(hint, highlight=False)
     import resource
 
     console.print(f"orchestrator peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", style="dim")
