@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 import backends
 from flows import api_writes, events, returned
+from flows.outages import patient_events
 from gymflow import compare, config, preflight
 from gymflow.errors import MissingExtraError, UserError
 from gymflow.results import TrialOutcome
@@ -182,6 +183,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         runner: `dask`, or `threads` to run the trials in threads of this process.
     """
     log = prefect_logger()
+    patient_events()  # a deployment's run: from here on, a server restart loses no task run record
     try:  # every problem of the spec, before anything runs; a user error, so no traceback
         # the scheduler this run will use is the one checked: the argument wins over the spec's
         checked = [*(overrides or ()), *([f"sweep.dask_address={dask_address}"] if dask_address else [])]

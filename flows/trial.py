@@ -14,6 +14,7 @@ from prefect.states import Cancelled, Failed
 
 import backends
 from flows import events, returned
+from flows.outages import patient_events
 from gymflow import config, preflight
 from gymflow.errors import UserError
 from gymflow.results import TrialOutcome
@@ -60,6 +61,7 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         parent_run_id: MLflow run to nest this trial under (set by the sweep flow).
     """
     log = prefect_logger()
+    patient_events()  # a deployment's run: from here on, a server restart loses no task run record
     try:  # a bad spec or backend config fails here, before anything is provisioned, and is never retried
         spec = _checked(spec, spec_file, overrides or (), globals_files or ())
         backend = backends.create(spec)

@@ -34,9 +34,11 @@ def run_trial(spec: Spec, console: Console) -> Any:
     console.print(f"trial [bold]{spec.trial_id}[/bold] → {spec.storage}", highlight=False)
     settings = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(updates=settings), _interruptible():
+        from flows.outages import patient_events
         from flows.returned import result_of
         from flows.trial import trial
 
+        patient_events()
         state = trial(spec, return_state=True)
         result = result_of(state)
         flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
@@ -129,9 +131,11 @@ def run_sweep(source: str | dict[str, Any], globals_files: list[str], overrides:
 
     api_url = server.ensure_api() or server.start().api_url
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        from flows.outages import patient_events
         from flows.returned import result_of
         from flows.sweep import sweep
 
+        patient_events()
         params: dict[str, Any] = {"spec_file": source} if isinstance(source, str) else {"spec": source}
         state = sweep(**params, overrides=overrides, globals_files=globals_files, return_state=True)
         result = result_of(state)

@@ -1,0 +1,29 @@
+"""Riding out a Prefect server restart: the event stream waits for the server as long as the API calls do.
+
+The flow and task states a trial writes through Prefect's REST client are retried for about a minute
+when the server is unreachable (five retries, doubling from 2 s). Task runs, though, are recorded by
+the server from the *event stream* (a websocket), and Prefect's events client gives up reconnecting
+after ten attempts, about 8 s: a restart that takes longer (a server starts in ~10 s here) dropped the
+record of the phase that was running. Measured in tests/test_fault_table.py: with Prefect's defaults
+the restarted server had no task run for that phase; with this, all six are there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_ATTEMPTS = 60  # after the first three, one a second: about a minute, as the REST client's retries
+
+
+def patient_events() -> None:
+    """Make this process's events client reconnect for about a minute (self-hosted servers; Prefect Cloud and
+    a client someone else chose are left alone). Call before the flow runs."""
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.worker import EventsWorker, emit_events_to_cloud, should_emit_events_to_running_server
+
+    if EventsWorker._client_override is not None or emit_events_to_cloud() or not should_emit_events_to_running_server():
+        return
+    EventsWorker.set_client_override(PrefectEventsClient, reconnection_attempts=RECONNECT_ATTEMPTS)
+    logger.debug("Prefect events client: %d reconnection attempts", RECONNECT_ATTEMPTS)
