@@ -97,6 +97,15 @@ def prefect_server() -> Any:
         yield
 
 
+@pytest.fixture(scope="session")
+def run_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A `prefect server start` for tests that run `gymflow run` as a user does, kill it, restart the server..."""
+    from prefect_stack import prefect_stack
+
+    with prefect_stack(tmp_path_factory.mktemp("run-stack"), pool=False) as running:
+        yield running
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh MLflow store (sqlite, MLflow's own default kind) for one test."""

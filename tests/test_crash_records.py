@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import base_spec, workers_gone
-from prefect_stack import ROOT, Stack, prefect_stack
+from prefect_stack import ROOT, Stack
 from records import flow_runs, mlflow_runs, trained
 
 pytestmark = pytest.mark.slow
@@ -24,10 +23,9 @@ pytestmark = pytest.mark.slow
 BUDGET = 16_000
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with prefect_stack(tmp_path_factory.mktemp("crash-stack")) as running:
-        yield running
+@pytest.fixture
+def stack(run_stack: Stack) -> Stack:
+    return run_stack
 
 
 def _spec(tmp_path: Path, budget: int = BUDGET) -> Path:

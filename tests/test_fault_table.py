@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import base_spec, workers_gone
-from prefect_stack import ROOT, Stack, prefect_stack
+from prefect_stack import ROOT, Stack
 from records import flow_runs, mlflow_runs, task_runs
 
 pytestmark = pytest.mark.slow
@@ -30,10 +29,9 @@ BUDGET = 2048
 PHASES = ["provision", "setup", "train", "evaluate", "store", "teardown"]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with prefect_stack(tmp_path_factory.mktemp("fault-stack")) as running:
-        yield running
+@pytest.fixture
+def stack(run_stack: Stack) -> Stack:
+    return run_stack
 
 
 def _spec(folder: Path) -> Path:

@@ -114,12 +114,21 @@ def test_failing_simulator_exits_nonzero_with_the_error_in_status(make_run: Any,
     assert "Traceback" in (store.workdir / "worker.log").read_text()
 
 
-def test_completed_training_is_not_repeated(make_run: Any) -> None:
+def test_completed_training_is_not_repeated_and_the_launch_still_answers(make_run: Any) -> None:
+    """A rerun after a run that died between training and evaluation: the train launch trains nothing, and the
+    orchestrator sees a completed status of this launch (not the old one, which it would take for no answer)."""
+    from backends.base import Timing
+    from tasks.follow import _Heartbeat as Heartbeat  # the follower's rule for "this launch wrote it"
+
     store = make_run()
     worker.train(store)
     first = (store.workdir / "model.zip").stat().st_mtime_ns
+    before = _status(store)
     assert worker.train(store) == "completed"
     assert (store.workdir / "model.zip").stat().st_mtime_ns == first
+    after = _status(store)
+    assert after.state == "completed" and after.timesteps == before.timesteps and after.started_at > before.started_at
+    assert Heartbeat(Timing(), "train", before).fresh(after) == after
 
 
 def _start_worker(store: Any) -> subprocess.Popen[bytes]:

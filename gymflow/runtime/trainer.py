@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import time
@@ -78,6 +79,10 @@ class Trainer:
         spec = self.spec
         if self.status.status.state == "completed" and self.store.exists(MODEL_FILE) and self.status.status.phase == "train":
             logger.info("training already completed in %s; nothing to do", self.store.uri)
+            # this launch answers with a status of its own, or the orchestrator cannot tell it from the old one
+            # (a rerun after a run that died between training and evaluation would fail "without writing status.json")
+            now = time.time()
+            self.status.update(pid=os.getpid(), parent_pid=os.getppid(), started_at=now, finished_at=now)
             return "completed"
         device = resolve_device(spec.algorithm.device)
         self.status.start(state="running", phase="train", device=device, resumed_from=None,
