@@ -83,6 +83,30 @@ def test_a_dead_owner_on_this_machine_is_taken_over_at_once(any_store: str) -> N
     lease.release()
 
 
+def test_a_run_dir_whose_owner_keeps_changing_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each takeover loses its compare-and-swap to another run's takeover, a few times over: refused, not looped."""
+    from gymflow.ownership import _ATTEMPTS, OWNER_FILE, Lease, RunDirBusy
+    from gymflow.storage import open_run
+
+    store = open_run(str(tmp_path / "run"))
+    dead = _dead_pid()
+    store.write_bytes(OWNER_FILE, _owner(pid=dead))
+    real_replace_if = store.replace_if
+    racers: list[str] = []
+
+    def lose_the_race(rel: str, data: bytes, version: str) -> bool:
+        racers.append(f"t-racer-{len(racers)}")  # another run's takeover lands first (and dies in turn)
+        store.write_bytes(OWNER_FILE, _owner(pid=dead, token=racers[-1]))
+        return real_replace_if(rel, data, version)
+
+    monkeypatch.setattr(store, "replace_if", lose_the_race)
+    with pytest.raises(RunDirBusy) as refused:
+        Lease.acquire(store, "ppo-s0-abc", "flow-new")
+    assert str(refused.value) == (f"the run dir {store.uri} changed owner {_ATTEMPTS} times while this run tried to take "
+                                  "it; another run is starting there: wait for it, or use another storage path")
+    assert len(racers) == _ATTEMPTS and json.loads(store.read_bytes(OWNER_FILE))["token"] == racers[-1]
+
+
 def test_an_owner_elsewhere_is_taken_over_only_when_its_lease_expired(any_store: str,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from gymflow.ownership import OWNER_FILE, Lease, RunDirBusy

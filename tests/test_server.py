@@ -1,7 +1,9 @@
-"""gymflow's background Prefect server on a real PostgreSQL (Debian's package, a throwaway cluster on 127.0.0.1)."""
+"""gymflow's background Prefect server: on a real PostgreSQL (Debian's package, a throwaway cluster on 127.0.0.1),
+and a server that runs but does not answer."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +64,29 @@ def test_a_database_nobody_serves_is_refused(cli: Callable[..., Any]) -> None:
     said = " ".join(result.stderr.split())
     assert said.startswith(f"error: --database: nothing answers at 127.0.0.1:{port} (")
     assert said.endswith(f"): start PostgreSQL there, or fix HOST:PORT in {FORM}")
+
+
+def test_a_live_server_that_does_not_answer_is_named_and_never_doubled(cli: Callable[..., Any], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gymflow.cli import server
+
+    monkeypatch.setattr(server, "BUSY_PATIENCE_S", 1.0)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        url = f"http://127.0.0.1:{free_port()}"  # nothing answers there
+        state = tmp_path / "gymflow-home" / "server.json"
+        state.parent.mkdir(parents=True)
+        state.write_text(json.dumps({"pid": alive.pid, "url": url, "log": "/var/log/prefect.log"}))
+        result = cli("server", "start")
+        assert result.code == 1
+        assert " ".join(result.stderr.split()) == (
+            f"failed: GymflowError: the background Prefect server (pid {alive.pid}) runs but has not answered at {url} "
+            f"for 1 s; see /var/log/prefect.log, or stop it with `gymflow server stop` (set GYMFLOW_DEBUG=1 to see the "
+            f"traceback)")
+        assert json.loads(state.read_text())["pid"] == alive.pid  # no second server started beside it
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def _gymflow(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
