@@ -1,6 +1,6 @@
 """Riding out a Prefect server restart: the event stream waits for the server as long as the API calls do.
 
-The flow and task states a trial writes through Prefect's REST client are retried for about a minute
+The flow run states a trial writes through Prefect's REST client are retried for about a minute
 when the server is unreachable (five retries, doubling from 2 s). Task runs, though, are recorded by
 the server from the *event stream* (a websocket), and Prefect's events client gives up reconnecting
 after ten attempts, about 8 s: a restart that takes longer (a server starts in ~10 s here) dropped the
