@@ -183,7 +183,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         runner: `dask`, or `threads` to run the trials in threads of this process.
     """
     log = prefect_logger()
-    patient_events()  # a deployment's run: from here on, a server restart loses no task run record
+    patient_events()  # a deployment's run: from here on, the event stream reconnects through a server restart
     try:  # every problem of the spec, before anything runs; a user error, so no traceback
         # the scheduler this run will use is the one checked: the argument wins over the spec's
         checked = [*(overrides or ()), *([f"sweep.dask_address={dask_address}"] if dask_address else [])]

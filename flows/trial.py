@@ -61,7 +61,7 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         parent_run_id: MLflow run to nest this trial under (set by the sweep flow).
     """
     log = prefect_logger()
-    patient_events()  # a deployment's run: from here on, a server restart loses no task run record
+    patient_events()  # a deployment's run: from here on, the event stream reconnects through a server restart
     try:  # a bad spec or backend config fails here, before anything is provisioned, and is never retried
         spec = _checked(spec, spec_file, overrides or (), globals_files or ())
         backend = backends.create(spec)
@@ -89,14 +89,15 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         result = None
     except BaseException as exc:
         _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
-        if _checkpoint_steps(backend, handle):
-            log.warning("%s", _resume_hint(backend, handle, spec))
+        steps = _checkpoint_steps(backend, handle)
+        if steps:
+            log.warning("%s", _resume_hint(spec, steps))
         raise
     finally:
         _teardown(backend, handle)
         lease.release()
     if cancelled is not None:
-        return Cancelled(message=f"{cancelled}; the worker stopped and teardown is done. {_resume_hint(backend, handle, spec)}")
+        return Cancelled(message=f"{cancelled}; the worker stopped and teardown is done. {_resume_hint(spec, _checkpoint_steps(backend, handle))}")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)
     return returned.keep(result)
 
@@ -110,9 +111,8 @@ def _checked(spec: Spec | None, spec_file: str | None, overrides: Sequence[str],
     return preflight.check(source, globals_files, overrides, backend_check=backends.problems).base
 
 
-def _resume_hint(backend: Any, handle: Any, spec: Spec) -> str:
-    """How to go on: a rerun resumes from the newest checkpoint (named where the run dir says which)."""
-    steps = _checkpoint_steps(backend, handle)
+def _resume_hint(spec: Spec, steps: list[int]) -> str:
+    """How to go on: a rerun resumes from the newest checkpoint (named where the run dir's steps say which)."""
     where = f"its checkpoint at {steps[-1]} timesteps" if steps else "its newest checkpoint"
     return f"Run the same spec again to resume from {where} (budget {spec.budget.timesteps or spec.budget.episodes})."
 
@@ -133,7 +133,8 @@ def resume_hint(spec: Spec) -> str | None:
         handle = backend.plan(spec)
     except Exception:  # noqa: BLE001 - the hint is a courtesy
         return None
-    return _resume_hint(backend, handle, spec) if _checkpoint_steps(backend, handle) else None
+    steps = _checkpoint_steps(backend, handle)
+    return _resume_hint(spec, steps) if steps else None
 
 
 def _teardown(backend: Any, handle: Any) -> None:

@@ -41,11 +41,7 @@ class Database:
         """For people and logs: the password never appears."""
         if self.url is None:
             return "SQLite (Prefect's default database file)"
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return f"{self.dialect_name} {self.url}"
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return f"{self.dialect_name} {urlunsplit(parts._replace(netloc=netloc))}"
+        return f"{self.dialect_name} {_masked(self.url)}"
 
     @property
     def dialect_name(self) -> str:
