@@ -182,7 +182,6 @@ def test_the_prefect_server_restarted_in_each_phase(stack: Stack, tmp_path: Path
     assert proc.returncode == 0, said
     flows = _assert_completed_and_true(stack, tmp_path, said)
     assert [f.state.type.value for f in flows] == ["COMPLETED"]
-    # the task runs are recorded from Prefect's event stream: events that reached a server as it was being stopped
-    # can still be lost (seen in CI: provision and setup missing), so only what is recorded is checked
-    recorded = task_runs(stack, flows[0].id)
-    assert recorded and set(recorded) <= set(PHASES) and all(v == ["COMPLETED"] for v in recorded.values()), recorded
+    # task runs are recorded from Prefect's event stream; those a stopping server had not written are sent again
+    # after the reconnection (flows/outages.py), so every phase has its one task run, completed
+    assert task_runs(stack, flows[0].id) == {phase: ["COMPLETED"] for phase in PHASES}
