@@ -61,6 +61,7 @@ class WorkerState(BaseModel):
     running: bool
     exit_code: int | None = None
     detail: str = ""
+    lost: bool = False  # the machine under the worker is gone (a preempted or deleted VM): no exit code will come
 
 
 class Timing(BaseModel):
@@ -129,6 +130,15 @@ class Backend(ABC):
     def stop(self, handle: Handle, phase: Phase) -> None:
         """Ask a running worker phase to stop (it checkpoints first); idempotent."""
         self._stop(handle, phase)
+
+    def max_replacements(self) -> int:
+        """How many times a trial's machine may be replaced when it is lost under a running worker (0: never)."""
+        return 0
+
+    def replace(self, handle: Handle) -> None:
+        """A new machine for a trial whose machine was lost (WorkerState.lost), the old one released; records it
+        in handle.data (in place). Only called up to max_replacements() times."""
+        raise NotImplementedError(f"backend {self.name!r} cannot replace a lost machine")
 
     def teardown(self, handle: Handle | None) -> None:
         """Release everything provisioned. Idempotent; safe on a half-provisioned or missing handle."""

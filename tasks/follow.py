@@ -6,6 +6,7 @@ import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from backends.base import Backend, Handle, Phase, Timing
@@ -95,18 +96,28 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     last_cancel_check = time.monotonic()
     status: Status | None = None
     next_forward = 0.0
+    replaced = 0
     try:
         while True:
             state = backend.poll(handle, phase)
             if not state.running:
                 status = _forward(follower, tracker, ctx, progress, log) or status
                 forwarded.save(follower)
-                break
+                if not state.lost:
+                    break
+                replaced += 1
+                _replace(backend, handle, phase, state.detail, replaced, tracker, ctx, log)
+                heartbeat = _Heartbeat(timing, phase, follower.status())  # the new machine gets its start-up grace
+                backend.launch(handle, phase)
+                continue
             if time.monotonic() >= next_forward:  # batched: each MLflow write and Prefect update takes CPU from training
                 next_forward = time.monotonic() + max(FORWARD_S, timing.poll_s)
                 status = _forward(follower, tracker, ctx, progress, log) or status
                 forwarded.save(follower)
-                heartbeat.check(heartbeat.fresh(status))
+                try:
+                    heartbeat.check(heartbeat.fresh(status))
+                except WorkerError as exc:
+                    raise WorkerError(f"{exc}; see {backend.output_hint(handle, phase)}") from None
                 lease_held(handle.run_uri)
             check_interrupt()
             if time.monotonic() - last_cancel_check >= CANCEL_CHECK_S:
@@ -117,7 +128,24 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     except BaseException:
         backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
         raise
-    return _outcome(heartbeat.fresh(status), state.exit_code, phase, backend.output_hint(handle, phase))
+    return _outcome(heartbeat.fresh(status), state.exit_code, phase, lambda: backend.output_hint(handle, phase))
+
+
+def _replace(backend: Backend, handle: Handle, phase: Phase, why: str, replaced: int, tracker: Tracker,
+             ctx: TrialContext, log: Any) -> None:
+    """The machine under the worker is gone (a spot VM preempted, a node reclaimed): a new one, which resumes the
+    phase from the newest checkpoint, up to the backend's limit; the count goes to MLflow (tag gymflow.preemptions)."""
+    limit = backend.max_replacements()
+    if replaced > limit:
+        raise WorkerError(f"{why} during {phase}, and the trial has had the {limit} replacement(s) it may have "
+                          "(backend.max_preemptions); run the same spec again to resume from its newest checkpoint")
+    log.warning("%s during %s: replacing it (%d of at most %d); the worker resumes from the newest checkpoint",
+                why, phase, replaced, limit)
+    try:
+        tracker.set_tags(ctx.mlflow_run_id, {"gymflow.preemptions": str(replaced)})
+    except Exception:  # noqa: BLE001 - the count is a record, not a reason to fail the trial
+        log.warning("could not record the preemption count in MLflow", exc_info=True)
+    backend.replace(handle)
 
 
 class _Forwarded:
@@ -166,9 +194,11 @@ def _relay(log: Any, line: str) -> None:
         log.info("worker | %s", line)
 
 
-def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: str) -> Status:
+def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: Callable[[], str]) -> Status:
+    """The phase's final status, or the WorkerError that says why there is none (`hint`: where to look, asked for
+    only then: on a cloud backend it reads the machine's console)."""
     if status is None:
-        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see {hint}")
+        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see {hint()}")
     if status.state == "failed":
         raise WorkerError(f"the {phase} worker failed: {status.error}")
     if exit_code is not None and exit_code < 0:

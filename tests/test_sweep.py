@@ -102,7 +102,8 @@ def test_sweep_runs_trials_in_parallel_on_a_local_cluster_and_compares_them(tmp_
     assert all(c.seeds == 3 for c in result.configs) and result.best in {c.config for c in result.configs}
     assert Path(result.plot).read_bytes()[:4] == b"\x89PNG"
     # trials ran two at a time: at some moment two trial flow runs were running, never three
-    assert _max_concurrency(base.name) == 2
+    peak, spans = _max_concurrency(base.name)
+    assert peak == 2, f"at most {peak} trial(s) at a time; trial flow runs (s): {spans}"
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     parent = client.get_run(result.mlflow_parent_run_id)
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -170,8 +171,9 @@ def _listening_sockets() -> Iterator[set[tuple[str, int]]]:
         thread.join()
 
 
-def _max_concurrency(experiment: str) -> int:
-    """The most trial flow runs of the experiment that were running at the same moment."""
+def _max_concurrency(experiment: str) -> tuple[int, list[str]]:
+    """The most trial flow runs of the experiment that were running at the same moment, and their spans (for a
+    failure's message: seconds from the first start)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -186,7 +188,14 @@ def _max_concurrency(experiment: str) -> int:
     for _, delta in events:
         running += delta
         peak = max(peak, running)
-    return peak
+    first = min((s for s, _ in spans), default=None)
+    if first is None:
+        return peak, []
+    with get_client(sync_client=True) as client:  # the sweep's tasks that ran each trial flow: when each started
+        tasks = [client.read_task_run(r.parent_task_run_id) for r in runs if r.parent_task_run_id]
+    shown = [f"flow {(s - first).total_seconds():.1f}-{(e - first).total_seconds():.1f}" for s, e in sorted(spans)]
+    shown += [f"task {t.name} {(t.start_time - first).total_seconds():.1f}" for t in tasks if t.start_time]
+    return peak, shown
 
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_uri")

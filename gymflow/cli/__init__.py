@@ -387,6 +387,21 @@ def worker_evaluate(run_uri: Annotated[str, typer.Argument(help="The run directo
               f"(length {report.mean_length:.1f}) over {report.n_episodes} episodes")
 
 
+@worker_app.command("agent")
+def worker_agent(
+    run_uri: Annotated[str, typer.Argument(help="The run directory (path or URI).")],
+    poll_s: Annotated[float, typer.Option(help="How often the run dir is checked for a launch or a stop.", min=0.1)] = 2.0,
+    idle_exit_s: Annotated[Optional[float], typer.Option(help="Exit after this long without a launch; default: never "
+                                                         "(the machine is deleted by its trial's teardown).", min=0)] = None,
+) -> None:
+    """Serve the worker phases the orchestrator requests through the run dir (how a cloud VM runs them: no SSH)."""
+    from gymflow import agent
+    from gymflow.storage import open_run
+
+    _setup_logging(logging.INFO)
+    agent.serve(open_run(run_uri), poll_s, idle_exit_s)
+
+
 def _progress_bar(store: Any) -> Any:
     """A Rich progress bar over the budget when attached to a terminal; otherwise no hook."""
     from contextlib import contextmanager, nullcontext

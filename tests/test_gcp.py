@@ -1,0 +1,207 @@
+"""The gcp backend against a Compute Engine stand-in at the wire (tests/fake_compute.py) and fake-gcs-server:
+the real google-cloud-compute and google-cloud-storage clients, credentials from the real Application Default
+Credentials chain (the stand-in's metadata server), and each VM booted as a local process that runs the real
+startup script, agent and worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import backends
+from conftest import base_spec
+from fake_compute import PROJECT, FakeCompute
+from gymflow import config
+from gymflow.errors import UserError
+from gymflow.storage import open_run
+from prefect_stack import ROOT, Stack
+from records import mlflow_runs
+
+IMAGE = "projects/debian-cloud/global/images/family/debian-12"
+
+
+@pytest.fixture
+def compute(tmp_path: Path, gcs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCompute]:
+    """The stand-in, with Application Default Credentials pointed at its metadata server."""
+    from google.auth.compute_engine import _metadata
+
+    vm_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "true"}
+    with FakeCompute(tmp_path / "vms", vm_env) as fake:
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        monkeypatch.setenv("GCE_METADATA_HOST", fake.metadata_host)
+        monkeypatch.setenv("GCE_METADATA_IP", fake.metadata_host)
+        # google-auth reads GCE_METADATA_HOST once, when first imported (a subprocess gets it from the environment)
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", fake.metadata_host)
+        (tmp_path / "vms").mkdir(exist_ok=True)
+        yield fake
+
+
+def _spec(gcs: str, fake: FakeCompute, **backend: Any) -> dict[str, Any]:
+    settings = {"kind": "gcp", "zone": "us-central1-a", "machine_type": "e2-standard-2", "image": IMAGE,
+                "api_endpoint": fake.url, "poll_s": 0.5, **backend}
+    return base_spec(name="gcp", storage=f"{gcs}/runs/${{trial_id}}", backend=settings)
+
+
+def _backend(spec: dict[str, Any]) -> tuple[Any, Any]:
+    resolved = config.resolve(spec)
+    return backends.create(resolved), resolved
+
+
+# -- provision and teardown ---------------------------------------------------------------------------
+def test_provision_creates_a_labelled_vm_with_a_cloud_side_time_limit_and_teardown_deletes_it(
+        compute: FakeCompute, gcs: str) -> None:
+    backend, spec = _backend(_spec(gcs, compute, spot=True, max_run_duration="2h", labels={"team": "rl"}))
+    handle = backend.provision(spec)
+    assert handle.data["zone"] == "us-central1-a" and len(compute.running()) == 1
+    body = compute.calls("POST", r"/zones/us-central1-a/instances$")[0]
+    assert body is not None
+    assert body["machineType"] == "zones/us-central1-a/machineTypes/e2-standard-2"
+    assert body["labels"] == {"team": "rl", "gymflow": "managed", "gymflow-trial": spec.trial_id.lower(),
+                              "gymflow-experiment": "gcp"}
+    assert body["scheduling"]["maxRunDuration"] == {"seconds": "7200"}
+    assert body["scheduling"]["instanceTerminationAction"] == "DELETE"
+    assert body["scheduling"]["provisioningModel"] == "SPOT" and body["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    items = {i["key"]: i["value"] for i in body["metadata"]["items"]}
+    assert "gymflow worker agent" in items["startup-script"] and items["gymflow-run-uri"] == spec.storage
+    assert f"projects/{PROJECT}/" in compute.requests[0][1]  # the project came with the credentials
+    backend.teardown(handle)
+    assert compute.vms == {}
+    backend.teardown(handle)  # idempotent: a second teardown finds nothing and is fine
+
+
+def test_a_zone_without_room_moves_on_to_the_next(compute: FakeCompute, gcs: str) -> None:
+    compute.no_room["us-central1-a"] = "ZONE_RESOURCE_POOL_EXHAUSTED"
+    compute.no_room["us-central1-b"] = "QUOTA_EXCEEDED"
+    backend, spec = _backend(_spec(gcs, compute, fallback_zones=["us-central1-b", "us-east1-c"]))
+    handle = backend.provision(spec)
+    assert handle.data["zone"] == "us-east1-c"
+    assert [vm.zone for vm in compute.running()] == ["us-east1-c"]
+    backend.teardown(handle)
+
+
+def test_429_and_503_are_retried(compute: FakeCompute, gcs: str) -> None:
+    compute.fail_next = [429, 503]
+    backend, spec = _backend(_spec(gcs, compute))
+    handle = backend.provision(spec)
+    assert len(compute.running()) == 1
+    backend.teardown(handle)
+
+
+def test_teardown_of_a_half_provisioned_trial_finds_its_vm_by_label(compute: FakeCompute, gcs: str) -> None:
+    backend, spec = _backend(_spec(gcs, compute))
+    backend.provision(spec)
+    backend.teardown(backend.plan(spec))  # the handle before provision returned: no zone known
+    assert compute.vms == {}
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("machine_type", "e2-huge-999", "backend.machine_type: Compute Engine refused it in us-central1-a"),
+    ("image", "projects/nobody/global/images/family/none", "backend.image: Compute Engine refused it in us-central1-a"),
+])
+def test_a_bad_setting_fails_at_once_naming_it(compute: FakeCompute, gcs: str, setting: str, value: str, message: str) -> None:
+    backend, spec = _backend(_spec(gcs, compute, **{setting: value}))
+    with pytest.raises(UserError, match=message):
+        backend.provision(spec)
+    assert compute.vms == {} and len(compute.calls("POST", r"/instances$")) == 1  # not retried
+
+
+def test_missing_credentials_name_the_command_that_fixes_them(gcs: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from backends.gcp.compute import Compute
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")  # nothing answers: not on Google Cloud
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    with pytest.raises(UserError, match=r"no Google Cloud credentials found\. Run `gcloud auth application-default login`"):
+        Compute("p", "http://127.0.0.1:9", None)
+
+
+def test_validate_refuses_a_run_dir_outside_cloud_storage(write_spec: Any, cli: Any) -> None:
+    spec = base_spec(backend={"kind": "gcp", "project": "p"}, storage="/tmp/runs/${trial_id}")
+    result = cli("validate", str(write_spec(spec)))
+    said = result.stdout + result.stderr
+    assert result.code == 2, said
+    assert "storage: backend gcp keeps the run dir in Cloud Storage, not '/tmp/runs/" in said
+    assert "set storage: gs://BUCKET/PREFIX/${trial_id}" in said
+
+
+def test_validate_names_a_bad_gcp_setting(write_spec: Any, cli: Any) -> None:
+    spec = base_spec(backend={"kind": "gcp", "max_run_duration": "forever", "machine": "x"}, storage="gs://b/${trial_id}")
+    result = cli("validate", str(write_spec(spec)))
+    said = result.stdout + result.stderr
+    assert result.code == 2, said
+    assert "backend.max_run_duration" in said and "give seconds, or a number with s, m, h or d" in said
+    assert "backend.machine" in said and "Extra inputs are not permitted" in said
+
+
+# -- a whole trial ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_trial_runs_all_six_phases_on_its_own_vm_and_leaves_none(compute: FakeCompute, gcs: str, run_stack: Stack,
+                                                                   tmp_path: Path) -> None:
+    spec = _spec(gcs, compute)
+    spec["budget"] = {"timesteps": 1024}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
+                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert compute.vms == {}, "a VM outlived its trial"
+    resolved = config.resolve(spec)
+    store = open_run(resolved.storage)
+    assert store.read_json("status.json")["timesteps"] == 1024
+    assert store.read_json("eval.json")["n_episodes"] >= 1
+    assert [p for p in store.list("agent/") if "state-" in p] == ["agent/state-1.json", "agent/state-2.json"]
+    serial = (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-0.log").read_text()
+    assert "starting the agent on gs://" in serial
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_preempted_spot_vm_is_replaced_and_the_trial_resumes_to_exactly_its_budget(
+        compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
+    spec = _spec(gcs, compute, spot=True)
+    spec.update(budget={"timesteps": 8192}, checkpoint={"every_timesteps": 1024},
+                evaluation={"every_timesteps": 4096, "episodes": 1})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    resolved = config.resolve(spec)
+    store = open_run(resolved.storage)
+    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=_run_env(compute, run_stack, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not store.list("checkpoints/"):  # training is under way on the first VM
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        first = f"gf-{resolved.trial_id.lower()}-0"
+        compute.preempt(first)
+        said = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, said
+    assert f"VM {first} is gone during train: replacing it (1 of at most 3)" in said
+    assert store.read_json("status.json")["timesteps"] == 8192  # resumed from the checkpoint, exactly the budget
+    assert (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-1.log").exists()  # the second VM ran it
+    assert compute.vms == {}, "a VM outlived its trial"
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["gymflow.preemptions"] == "1"
+
+
+def _run_env(compute: FakeCompute, stack: Stack, tmp_path: Path) -> dict[str, str]:
+    """`gymflow run` as a user on Google Cloud runs it: Application Default Credentials (here the stand-in's metadata
+    server), the bucket (here fake-gcs-server), a Prefect server and an MLflow store."""
+    env = {**stack.env, "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+           "GCE_METADATA_HOST": compute.metadata_host, "GCE_METADATA_IP": compute.metadata_host,
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "GYMFLOW_HOME": str(tmp_path / "home")}
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    return env
