@@ -205,3 +205,41 @@ def _run_env(compute: FakeCompute, stack: Stack, tmp_path: Path) -> dict[str, st
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "GYMFLOW_HOME": str(tmp_path / "home")}
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     return env
+
+
+def test_polling_many_trials_costs_one_list_call_per_interval(compute: FakeCompute, gcs: str) -> None:
+    backend, _ = _backend(_spec(gcs, compute, poll_s=30))
+    handles = []
+    for seed in range(3):
+        spec = config.resolve({**_spec(gcs, compute, poll_s=30), "seed": seed})
+        handle = backend.provision(spec)
+        backend.store(handle).write_json("spec.json", spec.model_dump(mode="json"))
+        backend.launch(handle, "train")
+        handles.append(handle)
+    try:
+        before = len(compute.calls("GET", r"/aggregated/instances$"))
+        for _ in range(4):
+            for handle in handles:
+                assert backend.poll(handle, "train").running
+        assert len(compute.calls("GET", r"/aggregated/instances$")) - before <= 1
+        assert not compute.calls("GET", r"/instances/gf-[^/]+$")  # never one VM at a time
+    finally:
+        for handle in handles:
+            backend.teardown(handle)
+    assert compute.vms == {}
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_starts_fails_the_train_task_with_the_serial_console(
+        compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
+    spec = _spec(gcs, compute, packages=["gymflow-no-such-package-anywhere==0.0.1"], startup_grace_s=20)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
+                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "the train worker wrote no status within 20 s of its launch" in said
+    assert "the VM's serial console ends:" in said
+    assert "gymflow-startup: FAILED: pip could not install gymflow-no-such-package-anywhere==0.0.1" in said
+    assert compute.vms == {}, "teardown left the VM"
