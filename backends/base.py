@@ -64,6 +64,17 @@ class WorkerState(BaseModel):
     lost: bool = False  # the machine under the worker is gone (a preempted or deleted VM): no exit code will come
 
 
+class Machine(BaseModel):
+    """Something a backend created for a trial that costs money while it exists (a VM, a job): what gc looks at."""
+
+    kind: str  # "VM", "job"
+    id: str
+    trial_id: str
+    run_uri: str
+    age_s: float
+    where: str = ""  # zone, cluster
+
+
 class Timing(BaseModel):
     """How the train and evaluate tasks follow a worker on this backend."""
 
@@ -139,6 +150,14 @@ class Backend(ABC):
         """A new machine for a trial whose machine was lost (WorkerState.lost), the old one released; records it
         in handle.data (in place). Only called up to max_replacements() times."""
         raise NotImplementedError(f"backend {self.name!r} cannot replace a lost machine")
+
+    def machines(self) -> list[Machine]:
+        """Everything this backend created for trials that still exists, found by its labels or tags (for gc).
+        Default: nothing (the local backend's workers end with their orchestrator)."""
+        return []
+
+    def remove(self, machine: Machine) -> None:
+        """Delete one of machines(); idempotent."""
 
     def teardown(self, handle: Handle | None) -> None:
         """Release everything provisioned. Idempotent; safe on a half-provisioned or missing handle."""

@@ -83,6 +83,15 @@ def settings_for(cls: type[Backend], spec: Spec) -> BaseModel:
         raise SpecError(problems) from None
 
 
+def settings_for_kind(cls: type[Backend], kind: str) -> BaseModel:
+    """The backend's settings with every default (`gymflow gc --backend KIND` without a spec)."""
+    try:
+        return cls.Settings.model_validate({"kind": kind})
+    except ValidationError as exc:
+        problems = [Problem(".".join(["backend", *map(str, e["loc"])]), e["msg"]) for e in exc.errors(include_url=False)]
+        raise SpecError(problems) from None
+
+
 def create(spec: Spec) -> Backend:
     """The configured backend for a spec; SpecError if the backend cannot run it."""
     cls = resolve(spec.backend.kind)

@@ -39,13 +39,51 @@ class Orphan:
 
 
 def collect(*, dry_run: bool, older_than_s: float = 0.0, backend: str | None = None,
-            tracking_uri: str | None = None, prefect: bool = True) -> list[Orphan]:
-    """Every orphan of the Prefect API in use and of the MLflow store; fixed unless dry_run."""
+            tracking_uri: str | None = None, prefect: bool = True, machines_of: Any | None = None) -> list[Orphan]:
+    """Every orphan of the Prefect API in use and of the MLflow store; with `machines_of` (a configured backend),
+    also the VMs or jobs it created that no live trial owns. Fixed unless dry_run."""
     found: list[Orphan] = []
     handled: set[str] = set()
     if prefect:
         found += _flow_runs(dry_run, older_than_s, backend, handled)
     found += _mlflow_runs(dry_run, older_than_s, backend, tracking_uri, handled)
+    if machines_of is not None:
+        found += machines(dry_run, older_than_s, machines_of)
+    return found
+
+
+def machines_backend(backend: str | None, spec_file: str | None) -> Any:
+    """The configured backend whose VMs or jobs gc looks at: the spec's (its backend settings say where), else
+    `backend` with its default settings; None for neither."""
+    from gymflow import preflight
+    from gymflow.errors import UserError
+
+    if spec_file:
+        spec = preflight.check(spec_file, (), (), backend_check=backends.problems).base
+        if backend is not None and spec.backend.kind != backend:
+            raise UserError(f"--spec {spec_file}: its backend is {spec.backend.kind!r}, not --backend {backend!r}")
+        return backends.create(spec)
+    if backend is None:
+        return None
+    cls = backends.resolve(backend)
+    return cls(backends.settings_for_kind(cls, backend))
+
+
+def machines(dry_run: bool, older_than_s: float, backend: Any) -> list[Orphan]:
+    """The backend's VMs or jobs whose trial has no live owner: its lease released, dead or expired (or no lease)."""
+    found = []
+    for machine in backend.machines():
+        if machine.age_s < older_than_s:
+            continue
+        owner, _ = read_owner(open_run(machine.run_uri)) if machine.run_uri else (None, None)
+        standing = owner.standing(ttl()) if owner is not None else "gone"
+        if standing == "live":
+            continue
+        reason = f"its trial's orchestrator is {standing}" + (f": {owner.describe()}" if owner else " (no lease)")
+        if not dry_run:
+            backend.remove(machine)
+        found.append(Orphan(machine.kind, machine.id, machine.trial_id, machine.run_uri, machine.age_s, reason,
+                            _done([(f"delete the {machine.kind}", f"{machine.kind} deleted")], dry_run)))
     return found
 
 

@@ -243,3 +243,56 @@ def test_a_worker_that_never_starts_fails_the_train_task_with_the_serial_console
     assert "the VM's serial console ends:" in said
     assert "gymflow-startup: FAILED: pip could not install gymflow-no-such-package-anywhere==0.0.1" in said
     assert compute.vms == {}, "teardown left the VM"
+
+
+def test_gc_deletes_the_vms_no_live_trial_owns_and_leaves_the_others(compute: FakeCompute, gcs: str, write_spec: Any,
+                                                                       cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gymflow.cli import out
+    from gymflow.ownership import Lease
+
+    monkeypatch.setattr(out, "width", 500)  # the table's rows on one line each
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{write_spec(base_spec()).parent}/mlflow.db")
+    backend, _ = _backend(_spec(gcs, compute))
+    live, dead = (config.resolve({**_spec(gcs, compute), "seed": seed}) for seed in (0, 1))
+    lease = Lease.acquire(open_run(live.storage), live.trial_id or "")  # this process runs the first trial
+    dead_lease = Lease.acquire(open_run(dead.storage), dead.trial_id or "")
+    dead_lease.release()  # the second trial's orchestrator let go, but its VM was left behind
+    try:
+        for spec in (live, dead):
+            backend.provision(spec)
+        path = write_spec(_spec(gcs, compute))
+        looked = cli("gc", "--backend", "gcp", "--spec", str(path), "--dry-run")
+        assert looked.code == 0, looked.stdout + looked.stderr
+        assert "would delete the VM" in looked.stdout and len(compute.vms) == 2
+        done = cli("gc", "--backend", "gcp", "--spec", str(path))
+        assert done.code == 0, done.stdout + done.stderr
+        assert "VM deleted" in done.stdout and "released" in done.stdout
+        assert [vm.body["name"] for vm in compute.vms.values()] == [f"gf-{(live.trial_id or '').lower()}-0"]
+    finally:
+        lease.release()
+        for vm in list(compute.vms.values()):
+            compute.preempt(vm.body["name"])
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_gc_flow_deletes_a_left_vm_and_without_credentials_still_collects_the_records(
+        compute: FakeCompute, gcs: str, write_spec: Any, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.gc import gc
+
+    backend, spec = _backend(_spec(gcs, compute))
+    backend.provision(spec)  # no lease: its trial never ran, or ended without its teardown
+    path = str(write_spec(_spec(gcs, compute)))
+    found = gc(older_than_s=0, backend="gcp", spec_file=path)
+    assert [(f["kind"], f["action"]) for f in found] == [("VM", "VM deleted")] and compute.vms == {}
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")  # no credentials where it runs now
+    monkeypatch.setattr("google.auth.compute_engine._metadata._GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", "/nonexistent")
+    from backends.gcp import backend as gcp_backend
+
+    monkeypatch.setattr(gcp_backend, "_computes", {})
+    assert gc(older_than_s=0, backend="gcp", spec_file=path) == []
+
+
+def test_the_example_spec_validates(gcs: str, cli: Any) -> None:
+    done = cli("validate", str(ROOT / "examples" / "cartpole-ppo-gcp.yaml"), "--set", f"storage={gcs}/runs/${{trial_id}}")
+    assert done.code == 0, done.stdout + done.stderr

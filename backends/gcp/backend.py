@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from backends.base import Backend, Features, Handle, Phase, Timing, WorkerState
+from backends.base import Backend, Features, Handle, Machine, Phase, Timing, WorkerState
 from backends.gcp.settings import GcpBackendSpec
 from gymflow import agent
 from gymflow.errors import Problem
@@ -196,6 +196,22 @@ class GcpBackend(Backend):
         for vm_zone, name in found:
             if self.compute.delete(vm_zone, name):
                 logger.info("VM %s deleted", name)
+
+    def machines(self) -> list[Machine]:
+        from datetime import datetime
+
+        found = []
+        for vm in self.compute.managed():
+            try:
+                age = time.time() - datetime.fromisoformat(vm.created).timestamp()
+            except ValueError:
+                age = 0.0
+            found.append(Machine(kind="VM", id=vm.name, trial_id=vm.labels.get("gymflow-trial", ""),
+                                 run_uri=vm.metadata.get("gymflow-run-uri", ""), age_s=age, where=vm.zone))
+        return found
+
+    def remove(self, machine: Machine) -> None:
+        self.compute.delete(machine.where, machine.id)
 
     def output_hint(self, handle: Handle, phase: Phase) -> str:
         zone, name = handle.data.get("zone"), handle.data.get("vm")

@@ -261,10 +261,14 @@ def _duration(text: str) -> float:
 def gc(
     older_than: Annotated[str, typer.Option("--older-than", help="Only what started longer ago than this (90s, 30m, 6h, 2d).")] = "0s",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be done.")] = False,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="Only trials of this backend (local, gcp, azure).")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Only trials of this backend (local, gcp, azure); "
+                                                   "a cloud backend's VMs or jobs that no live trial owns are deleted too.")] = None,
+    spec_file: Annotated[Optional[str], typer.Option("--spec", help="A spec whose backend settings (project, endpoint, "
+                                                     "credentials) say where to look for a cloud backend's VMs or jobs.")] = None,
 ) -> None:
     """End the records and resources of trials whose orchestrator died: flow runs still Running become Crashed, MLflow
-    runs still RUNNING become FAILED, what they provisioned is torn down. Trials that run are never touched."""
+    runs still RUNNING become FAILED, what they provisioned is torn down, and with --backend gcp|azure the VMs or jobs
+    gymflow created (found by label) that no live trial owns are deleted. Trials that run are never touched."""
     from rich.table import Table
 
     import backends as registry
@@ -275,6 +279,9 @@ def gc(
         raise UserError(f"--backend {backend!r}: not a backend; use one of {', '.join(sorted(registry.available()))}")
     from tasks import gc as reaper
 
+    machines = reaper.machines_backend(backend, spec_file)
+    backend = backend or (machines.name if machines is not None else None)
+
     api_url = server.configured_api_url()
     if api_url is None:
         running = server.status()
@@ -283,10 +290,10 @@ def gc(
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend)
+            found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend, machines_of=machines)
     else:
         err.print("no Prefect server is configured or running: only MLflow runs are checked", style="yellow")
-        found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend, prefect=False)
+        found = reaper.collect(dry_run=dry_run, older_than_s=seconds, backend=backend, prefect=False, machines_of=machines)
     if not found:
         out.print("nothing to collect: every trial still marked running has a live owner")
         return
