@@ -28,13 +28,24 @@ from records import mlflow_runs
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 
 
+@pytest.fixture(scope="session")
+def vm_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake VMs' Python: a virtual environment over this one's packages, so what a startup script installs
+    (gymflow's wheel) lands there, as on a VM's image, and never in the environment the tests run in."""
+    folder = tmp_path_factory.mktemp("vm-image") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(folder)], check=True, timeout=300)
+    return folder / "bin"
+
+
 @pytest.fixture
-def compute(tmp_path: Path, gcs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCompute]:
+def compute(tmp_path: Path, gcs: str, vm_python: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCompute]:
     """The stand-in, with Application Default Credentials pointed at its metadata server."""
     from google.auth.compute_engine import _metadata
 
-    vm_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "true"}
+    vm_env = {**os.environ, "PATH": f"{vm_python}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "true"}
+    vm_env.pop("VIRTUAL_ENV", None)
     with FakeCompute(tmp_path / "vms", vm_env) as fake:
+        fake.vm_env["GCE_METADATA_HOST"] = fake.metadata_host  # a VM's metadata server: its service account's token
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         monkeypatch.setenv("GCE_METADATA_HOST", fake.metadata_host)
         monkeypatch.setenv("GCE_METADATA_IP", fake.metadata_host)
@@ -161,6 +172,11 @@ def test_a_trial_runs_all_six_phases_on_its_own_vm_and_leaves_none(compute: Fake
     assert [p for p in store.list("agent/") if "state-" in p] == ["agent/state-1.json", "agent/state-2.json"]
     serial = (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-0.log").read_text()
     assert "starting the agent on gs://" in serial
+    from gymflow import shipping
+
+    wheel = shipping.wheel()  # the exact gymflow of the orchestrator went to the VM
+    assert open_run(f"{gcs}/.gymflow/wheels/{wheel.build}").exists(wheel.filename)
+    assert f"installing gymflow build {wheel.build}" in serial or f"gymflow build {wheel.build} is installed already" in serial
     runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"]
 
@@ -191,7 +207,8 @@ def test_a_preempted_spot_vm_is_replaced_and_the_trial_resumes_to_exactly_its_bu
     assert proc.returncode == 0, said
     assert f"VM {first} is gone during train: replacing it (1 of at most 3)" in said
     assert store.read_json("status.json")["timesteps"] == 8192  # resumed from the checkpoint, exactly the budget
-    assert (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-1.log").exists()  # the second VM ran it
+    second = (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-1.log").read_text()  # the second VM ran it
+    assert "is installed already" in second  # the fake VMs share one image: the build found there is not installed again
     assert compute.vms == {}, "a VM outlived its trial"
     runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["gymflow.preemptions"] == "1"

@@ -121,7 +121,8 @@ class GcpBackend(Backend):
         from backends.gcp import startup
 
         name = handle.data["vm"]
-        script = startup.script(self.settings, handle.run_uri, handle.trial_id, gymflow.__version__)
+        wheel = self._ship(handle.run_uri) if self.settings.gymflow_install == "wheel" else None
+        script = startup.script(self.settings, handle.run_uri, handle.trial_id, gymflow.__version__, wheel)
         labels = {**self.settings.labels, "gymflow": "managed", "gymflow-trial": label_value(handle.trial_id),
                   "gymflow-experiment": label_value(str(handle.data.get("experiment", "")))}
         metadata = {"startup-script": script, "gymflow-run-uri": handle.run_uri}
@@ -130,6 +131,19 @@ class GcpBackend(Backend):
         handle.data.update(zone=zone, created_at=time.monotonic())
         logger.info("VM %s (%s%s) created in %s in %.1f s", name, self.settings.machine_type,
                     ", spot" if self.settings.spot else "", zone, time.monotonic() - started)
+
+    @staticmethod
+    def _ship(run_uri: str) -> tuple[str, str, str]:
+        """This gymflow's wheel in the run dir's bucket (uploaded once per code version): (URI, file name, build)."""
+        from gymflow import shipping
+        from gymflow.storage import open_run
+
+        wheel = shipping.wheel()
+        bucket = run_uri[len("gs://"):].split("/", 1)[0]
+        folder = f"gs://{bucket}/.gymflow/wheels/{wheel.build}"
+        if open_run(folder).create_bytes(wheel.filename, wheel.data):
+            logger.info("gymflow's wheel uploaded to %s/%s", folder, wheel.filename)
+        return f"{folder}/{wheel.filename}", wheel.filename, wheel.build
 
     def _instance(self, name: str, zone: str, labels: dict[str, str], metadata: dict[str, str]) -> Any:
         v1 = self.compute.v1

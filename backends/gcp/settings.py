@@ -58,6 +58,9 @@ class GcpBackendSpec(BaseModel):
     packages: list[str] = Field(default_factory=list, description="pip requirements installed on the VM before the "
                                 "worker starts (your simulator's package, plugins; gymflow itself where the image lacks it); "
                                 "requirements the image meets already are left alone.")
+    gymflow_install: Literal["wheel", "preinstalled"] = Field("wheel", description="wheel: the VM installs the exact "
+                                                             "gymflow this orchestrator runs (a wheel uploaded to the bucket, under .gymflow/wheels/), unless the image "
+                                                             "has that build already; preinstalled: the image has gymflow, nothing is installed.")
     credentials_block: str | None = Field(None, description="Name of a Prefect GcpCredentials block to use instead of "
                                           "Application Default Credentials.")
     poll_s: float = Field(10.0, gt=0, description="How often the VM and the worker are checked.")

@@ -1,8 +1,10 @@
 """The VM's startup script: make sure the worker can run, then start its agent on the run dir.
 
-Nothing is installed that is already there: with `gymflow_install: preinstalled` (an image with gymflow) the
-script only checks that gymflow imports; the user's `packages` go through pip, which leaves requirements that
-are already met alone. The script's output is the VM's serial console, which the train task shows when the
+Nothing is installed that is already there: gymflow's own wheel (the exact code the orchestrator runs, see
+gymflow/shipping.py) only when the image does not have that build (a prepared image skips it), and the user's
+`packages` through pip, which leaves requirements that are already met alone; with `gymflow_install:
+preinstalled` the script only checks that gymflow imports. The wheel is downloaded with the VM's service
+account (a token from the metadata server) and Python's standard library: nothing else is needed on the image. The script's output is the VM's serial console, which the train task shows when the
 worker never starts.
 """
 
@@ -26,15 +28,46 @@ say "gymflow $("$PY" -c 'import gymflow; print(gymflow.__version__)') ready; sta
 exec "$PY" -m gymflow worker agent "$RUN_URI" --poll-s {poll_s}
 """
 
+FETCH = """fetch() {{  # gs://BUCKET/OBJECT to FILE, as the VM's service account, with Python's standard library only
+"$PY" - "$1" "$2" <<'PYTHON'
+import json, os, sys, urllib.parse, urllib.request
+uri, out = sys.argv[1], sys.argv[2]
+bucket, _, name = uri[len("gs://"):].partition("/")
+host = os.environ.get("GCE_METADATA_HOST", "metadata.google.internal")
+asked = urllib.request.Request(f"http://{{host}}/computeMetadata/v1/instance/service-accounts/default/token",
+                               headers={{"Metadata-Flavor": "Google"}})
+token = json.load(urllib.request.urlopen(asked, timeout=30))["access_token"]
+base = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+base = (base if "://" in base else "http://" + base).rstrip("/")
+url = f"{{base}}/storage/v1/b/{{bucket}}/o/{{urllib.parse.quote(name, safe='')}}?alt=media"
+with urllib.request.urlopen(urllib.request.Request(url, headers={{"Authorization": f"Bearer {{token}}"}}), timeout=300) as got:
+    with open(out, "wb") as file:
+        file.write(got.read())
+PYTHON
+}}
+if "$PY" -c "import sys, gymflow._build as b; sys.exit(b.BUILD != '{build}')" 2>/dev/null; then
+  say "gymflow build {build} is installed already"
+else
+  say "installing gymflow build {build} from {wheel_uri}"
+  where="$(mktemp -d)"
+  fetch {wheel_uri} "$where/{filename}" || fail "could not download {wheel_uri}: the VM's service account needs storage.objects.get on the bucket"
+  "$PY" -m pip install --quiet --disable-pip-version-check "$where/{filename}[gcp]" || fail "pip could not install gymflow from {filename}"
+fi
+"""
+
 PACKAGES = """say "installing {packages}"
 "$PY" -m pip install --quiet --disable-pip-version-check {quoted} || fail "pip could not install {packages}"
 """
 
 
-def script(settings: GcpBackendSpec, run_uri: str, trial_id: str, version: str, poll_s: float = 2.0) -> str:
-    """The startup-script metadata value for one trial's VM."""
+def script(settings: GcpBackendSpec, run_uri: str, trial_id: str, version: str, wheel: tuple[str, str, str] | None = None,
+           poll_s: float = 2.0) -> str:
+    """The startup-script metadata value for one trial's VM; `wheel`: (gs:// URI, file name, build) of gymflow's."""
     install = ""
+    if wheel is not None:
+        uri, filename, build = wheel
+        install += FETCH.format(wheel_uri=shlex.quote(uri), filename=filename, build=build)
     if settings.packages:
-        install = PACKAGES.format(packages=" ".join(settings.packages),
+        install += PACKAGES.format(packages=" ".join(settings.packages),
                                   quoted=" ".join(shlex.quote(p) for p in settings.packages))
     return TEMPLATE.format(version=version, trial_id=trial_id, run_uri=shlex.quote(run_uri), install=install, poll_s=poll_s)
