@@ -224,15 +224,9 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         with ThreadPoolExecutor(1, thread_name_prefix="gymflow-sweep-run") as background:
             tracked = background.submit(_tracked, tracking_uri, name, trials, sid)  # while the Dask cluster starts
             if todo:
-                # a trial is submitted only when a slot is free: with everything submitted at once, Dask assigned a
-                # small group's tasks to workers as they came, and in about one sweep in ten every trial went to the
-                # same worker of our own cluster (one trial at a time); the threads runner has a thread per trial
-                if runner == "threads":
-                    limit = len(todo)
-                elif address:
-                    limit = max_parallel or len(todo)
-                else:
-                    limit = workers  # our own cluster: one trial per worker
+                # our own cluster and the threads runner have one slot per trial at once: everything is submitted
+                # now, and each slot starts its next trial without a round trip through this loop
+                limit = (max_parallel or len(todo)) if address and runner == "dask" else len(todo)
                 results.update(_run_all(todo, tracked, _task_runner(runner, address, workers), limit, in_process))
             tracker, parent = tracked.result()
     return _compare(name, trials, varied, results, skipped, tracker, parent)
@@ -254,8 +248,6 @@ def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner
     # temporary_settings per trial in run_trial costs about 0.3 s of this process's CPU each
     quiet = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None} if in_process else {}
     with task_runner, temporary_settings(updates=quiet):
-        if in_process and hasattr(task_runner, "client"):
-            _wait_for_workers(task_runner.client, limit)
         parent = tracked.result()[1]
         running: dict[Any, Spec] = {}
         while pending or running:
@@ -271,22 +263,6 @@ def _run_all(todo: list[Spec], tracked: Future[tuple[Tracker, str]], task_runner
                 results[spec.trial_id or ""] = TrialOutcome(trial_id=spec.trial_id or "", experiment=spec.experiment,
                                                            outcome="failed", run_uri=spec.storage, error=f"{type(exc).__name__}: {exc}")
     return results
-
-
-def _wait_for_workers(client: Any, wanted: int) -> None:
-    """Our own cluster's workers, all registered before the first trial is submitted: a trial submitted while only
-    one had registered went to that one, and with it the next (Dask assigns a small group's tasks at once), so a
-    sweep could run its trials one at a time."""
-    wanted = min(wanted, len(getattr(client.cluster, "worker_spec", {}) or {}) or wanted)
-    try:
-        client.wait_for_workers(wanted, timeout=LOCAL_WORKERS_TIMEOUT_S)
-    except Exception:  # noqa: BLE001 - fewer workers run the trials more slowly, not wrongly
-        have = len(client.scheduler_info().get("workers", {}))
-        prefect_logger().warning("the local Dask cluster has %d of its %d workers after %d s; trials run on those",
-                                 have, wanted, LOCAL_WORKERS_TIMEOUT_S)
-
-
-LOCAL_WORKERS_TIMEOUT_S = 30
 
 
 def _compare(name: str, trials: list[Spec], varied: list[str], results: dict[str, TrialOutcome], skipped: int,

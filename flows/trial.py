@@ -25,7 +25,7 @@ from tasks.context import TrialCancelled, check_interrupt, current_flow_run_id, 
 from tasks.report import trial_markdown
 
 logger = logging.getLogger(__name__)
-REFUSED = "Refused"  # the name of a Failed state for input refused before anything started (the CLI exits 2)
+REFUSED = phases.REFUSED  # the name of a Failed state for input refused before anything ran (the CLI exits 2)
 
 
 def run_name(spec: Spec) -> str:
@@ -73,8 +73,9 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     ctx = None
     started = time.time()
     cancelled: str | None = None
+    refused: str | None = None
     try:
-        handle = phases.provision(backend, spec)
+        handle = phases.provisioned(phases.provision(backend, spec, return_state=True))
         check_interrupt()
         ctx = phases.setup(backend, handle, spec, run_name(spec), parent_run_id)
         timesteps = phases.train(backend, handle, spec, ctx)
@@ -87,6 +88,11 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         _record_failure(spec, ctx, handle.run_uri, started, "cancelled", cancelled)
         log.warning("%s", cancelled)
         result = None
+    except UserError as exc:  # a setting the cloud refused: bad input, nothing was created, nothing to resume
+        refused = str(exc)
+        _record_failure(spec, ctx, handle.run_uri, started, "failed", refused)
+        log.error("%s", exc)
+        result = None
     except BaseException as exc:
         _record_failure(spec, ctx, handle.run_uri, started, "failed", f"{type(exc).__name__}: {exc}")
         steps = _checkpoint_steps(backend, handle)
@@ -96,6 +102,8 @@ def trial(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     finally:
         _teardown(backend, handle)
         lease.release()
+    if refused is not None:
+        return Failed(message=refused, name=REFUSED)
     if cancelled is not None:
         return Cancelled(message=f"{cancelled}; the worker stopped and teardown is done. {_resume_hint(spec, _checkpoint_steps(backend, handle))}")
     log.info("trial %s: mean reward %.2f ± %.2f", spec.trial_id, result.mean_reward or 0.0, result.std_reward or 0.0)

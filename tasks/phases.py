@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from backends.base import Backend, Handle
+from gymflow.errors import UserError
 from gymflow.results import EvalReport, TrackingRecord, TrialOutcome
 from gymflow.runtime.status import library_versions
 from gymflow.spec import Spec
@@ -18,11 +21,25 @@ from tasks.retry import RETRY_DELAYS, retry_if_transient
 from tasks.report import trial_markdown
 
 
+REFUSED = "Refused"  # the name of a Failed state for input refused before anything ran (the CLI exits 2)
+
+
 @task(name="provision", task_run_name="provision", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def provision(backend: Backend, spec: Spec) -> Handle:
-    """Acquire what the trial runs on (retried on transient errors only)."""
-    return backend.provision(spec)
+def provision(backend: Backend, spec: Spec) -> Any:
+    """Acquire what the trial runs on (retried on transient errors only). A setting the cloud refuses (a machine
+    type, an image, a permission) ends it as a Failed state named Refused: bad input, nothing created, no retry."""
+    try:
+        return backend.provision(spec)
+    except UserError as exc:
+        return Failed(message=str(exc), name=REFUSED)
+
+
+def provisioned(state: Any) -> Handle:
+    """The handle from provision's final state; UserError when the cloud refused the trial's settings."""
+    if state.is_failed() and state.name == REFUSED:
+        raise UserError(state.message or "provision refused the backend settings")
+    return state.result()
 
 
 @task(name="setup", task_run_name="setup", cache_policy=NO_CACHE)

@@ -62,6 +62,7 @@ class FakeCompute:
         self.operations: dict[str, dict[str, Any]] = {}
         self.no_room: dict[str, str] = {}  # zone -> the operation error code a create there ends with
         self.fail_next: list[int] = []  # status codes for the next API answers (429, 503)
+        self.deny_create = False  # the caller lacks compute.instances.create
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
@@ -154,6 +155,9 @@ class FakeCompute:
 
     def _insert(self, project: str, zone: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         name = body.get("name", "")
+        if self.deny_create:
+            return 403, _error(403, f"Required 'compute.instances.create' permission for "
+                                    f"'projects/{project}/zones/{zone}/instances/{name}'", "forbidden")
         machine = str(body.get("machineType", "")).rsplit("/", 1)[-1]
         if machine not in MACHINE_TYPES:
             return 400, _error(400, f"Invalid value for field 'resource.machineType': '{body.get('machineType')}'. "

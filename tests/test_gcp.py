@@ -179,6 +179,11 @@ def test_a_trial_runs_all_six_phases_on_its_own_vm_and_leaves_none(compute: Fake
     assert f"installing gymflow build {wheel.build}" in serial or f"gymflow build {wheel.build} is installed already" in serial
     runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"]
+    # the credentials' token appears nowhere: not in what was said, the run dir, MLflow's params and tags
+    secret = "fake-compute-token"
+    assert secret not in said and secret not in serial
+    assert all(secret.encode() not in store.read_bytes(rel) for rel in store.list() if not rel.endswith(".zip"))
+    assert all(secret not in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])
 
 
 @pytest.mark.slow
@@ -311,5 +316,20 @@ def test_the_gc_flow_deletes_a_left_vm_and_without_credentials_still_collects_th
 
 
 def test_the_example_spec_validates(gcs: str, cli: Any) -> None:
-    done = cli("validate", str(ROOT / "examples" / "cartpole-ppo-gcp.yaml"), "--set", f"storage={gcs}/runs/${{trial_id}}")
+    done = cli("validate", str(ROOT / "examples" / "gcp-cartpole-ppo.yaml"), "--set", f"storage={gcs}/runs/${{trial_id}}")
     assert done.code == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_permission_denied_exits_2_with_one_message_and_creates_nothing(compute: FakeCompute, gcs: str, run_stack: Stack,
+                                                                        tmp_path: Path) -> None:
+    compute.deny_create = True
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(gcs, compute), sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
+                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "backend: permission denied creating a VM" in said and "roles/compute.instanceAdmin.v1" in said
+    assert "Traceback" not in said
+    assert len(compute.calls("POST", r"/instances$")) == 1 and compute.vms == {}  # asked once, not retried
