@@ -56,8 +56,10 @@ def compute(tmp_path: Path, gcs: str, vm_python: Path, monkeypatch: pytest.Monke
 
 
 def _spec(gcs: str, fake: FakeCompute, **backend: Any) -> dict[str, Any]:
+    """A trial on the stand-in. Its VMs find gymflow on their image unless a test asks for the wheel (a VM deleted
+    while pip installs into the one image the fake VMs share would leave it half-installed)."""
     settings = {"kind": "gcp", "zone": "us-central1-a", "machine_type": "e2-standard-2", "image": IMAGE,
-                "api_endpoint": fake.url, "poll_s": 0.5, **backend}
+                "api_endpoint": fake.url, "poll_s": 0.5, "gymflow_install": "preinstalled", **backend}
     return base_spec(name="gcp", storage=f"{gcs}/runs/${{trial_id}}", backend=settings)
 
 
@@ -154,42 +156,11 @@ def test_validate_names_a_bad_gcp_setting(write_spec: Any, cli: Any) -> None:
 
 # -- a whole trial ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_trial_runs_all_six_phases_on_its_own_vm_and_leaves_none(compute: FakeCompute, gcs: str, run_stack: Stack,
-                                                                   tmp_path: Path) -> None:
-    spec = _spec(gcs, compute)
-    spec["budget"] = {"timesteps": 1024}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
-                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
-    said = done.stdout + done.stderr
-    assert done.returncode == 0, said
-    assert compute.vms == {}, "a VM outlived its trial"
-    resolved = config.resolve(spec)
-    store = open_run(resolved.storage)
-    assert store.read_json("status.json")["timesteps"] == 1024
-    assert store.read_json("eval.json")["n_episodes"] >= 1
-    assert [p for p in store.list("agent/") if "state-" in p] == ["agent/state-1.json", "agent/state-2.json"]
-    serial = (tmp_path / "vms" / f"serial-gf-{resolved.trial_id.lower()}-0.log").read_text()
-    assert "starting the agent on gs://" in serial
-    from gymflow import shipping
-
-    wheel = shipping.wheel()  # the exact gymflow of the orchestrator went to the VM
-    assert open_run(f"{gcs}/.gymflow/wheels/{wheel.build}").exists(wheel.filename)
-    assert f"installing gymflow build {wheel.build}" in serial or f"gymflow build {wheel.build} is installed already" in serial
-    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
-    assert [r.info.status for r in runs] == ["FINISHED"]
-    # the credentials' token appears nowhere: not in what was said, the run dir, MLflow's params and tags
-    secret = "fake-compute-token"
-    assert secret not in said and secret not in serial
-    assert all(secret.encode() not in store.read_bytes(rel) for rel in store.list() if not rel.endswith(".zip"))
-    assert all(secret not in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])
-
-
-@pytest.mark.slow
-def test_a_preempted_spot_vm_is_replaced_and_the_trial_resumes_to_exactly_its_budget(
+def test_a_trial_runs_all_six_phases_on_vms_and_a_preempted_one_is_replaced_resuming_to_exactly_the_budget(
         compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
-    spec = _spec(gcs, compute, spot=True)
+    """The whole path: VM -> startup script (gymflow's wheel) -> agent -> worker -> gs:// run dir -> orchestrator;
+    the spot VM is preempted during training, a second one resumes from the checkpoint; no VM is left."""
+    spec = _spec(gcs, compute, spot=True, gymflow_install="wheel")
     spec.update(budget={"timesteps": 8192}, checkpoint={"every_timesteps": 1024},
                 evaluation={"every_timesteps": 4096, "episodes": 1})
     path = tmp_path / "spec.yaml"
@@ -217,6 +188,21 @@ def test_a_preempted_spot_vm_is_replaced_and_the_trial_resumes_to_exactly_its_bu
     assert compute.vms == {}, "a VM outlived its trial"
     runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["gymflow.preemptions"] == "1"
+    assert store.read_json("eval.json")["n_episodes"] >= 1
+    # launches: train on the first VM (lost with it), train again on the second, evaluate
+    assert [p for p in store.list("agent/") if "state-" in p] == [f"agent/state-{n}.json" for n in (1, 2, 3)]
+    serial = (tmp_path / "vms" / f"serial-{first}.log").read_text()
+    assert "starting the agent on gs://" in serial
+    from gymflow import shipping
+
+    wheel = shipping.wheel()  # the exact gymflow of the orchestrator went to the VM
+    assert open_run(f"{gcs}/.gymflow/wheels/{wheel.build}").exists(wheel.filename)
+    assert f"installing gymflow build {wheel.build}" in serial or f"gymflow build {wheel.build} is installed already" in serial
+    # the credentials' token appears nowhere: not in what was said, the run dir, MLflow's params and tags
+    secret = "fake-compute-token"
+    assert secret not in said and secret not in serial
+    assert all(secret.encode() not in store.read_bytes(rel) for rel in store.list() if not rel.endswith(".zip"))
+    assert all(secret not in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])
 
 
 def _run_env(compute: FakeCompute, stack: Stack, tmp_path: Path) -> dict[str, str]:
@@ -254,14 +240,14 @@ def test_polling_many_trials_costs_one_list_call_per_interval(compute: FakeCompu
 @pytest.mark.slow
 def test_a_worker_that_never_starts_fails_the_train_task_with_the_serial_console(
         compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
-    spec = _spec(gcs, compute, packages=["gymflow-no-such-package-anywhere==0.0.1"], startup_grace_s=20)
+    spec = _spec(gcs, compute, packages=["gymflow-no-such-package-anywhere==0.0.1"], startup_grace_s=15)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
                           env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
     said = done.stdout + done.stderr
     assert done.returncode == 1, said
-    assert "the train worker wrote no status within 20 s of its launch" in said
+    assert "the train worker wrote no status within 15 s of its launch" in said
     assert "the VM's serial console ends:" in said
     assert "gymflow-startup: FAILED: pip could not install gymflow-no-such-package-anywhere==0.0.1" in said
     assert compute.vms == {}, "teardown left the VM"
