@@ -8,7 +8,6 @@ through a client built without our endpoint).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ CAPACITY_ERRORS = {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED
                    "RESOURCE_POOL_EXHAUSTED", "STOCKOUT"}
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # 429 and 5xx
 OPERATION_TIMEOUT_S = 600.0
-GONE = {"TERMINATED", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED", "DELETED"}
 
 
 class CapacityError(TransientBackendError):
@@ -231,5 +229,3 @@ def _listing(setting: str) -> str:
             "zone": "zones list", "network": "networks list", "subnetwork": "networks subnets list",
             "service_account": "iam service-accounts list"}.get(setting, "--help")
 
-
-_cache_lock = threading.Lock()
