@@ -75,18 +75,17 @@ def resolve(kind: str) -> type[Backend]:
 
 def settings_for(cls: type[Backend], spec: Spec) -> BaseModel:
     """The backend's own settings model, validated from the spec's backend section."""
-    raw = spec.backend.model_dump(mode="json")
-    try:
-        return cls.Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems = [Problem(".".join(["backend", *map(str, e["loc"])]), e["msg"]) for e in exc.errors(include_url=False)]
-        raise SpecError(problems) from None
+    return _settings(cls, spec.backend.model_dump(mode="json"))
 
 
 def settings_for_kind(cls: type[Backend], kind: str) -> BaseModel:
     """The backend's settings with every default (`gymflow gc --backend KIND` without a spec)."""
+    return _settings(cls, {"kind": kind})
+
+
+def _settings(cls: type[Backend], raw: dict[str, Any]) -> BaseModel:
     try:
-        return cls.Settings.model_validate({"kind": kind})
+        return cls.Settings.model_validate(raw)
     except ValidationError as exc:
         problems = [Problem(".".join(["backend", *map(str, e["loc"])]), e["msg"]) for e in exc.errors(include_url=False)]
         raise SpecError(problems) from None

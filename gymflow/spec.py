@@ -17,6 +17,18 @@ from gymflow import algorithms, hyperparams
 
 ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 DEFAULT_STORAGE = "./runs/${experiment}/${trial_id}"
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(value: str | int | float) -> float:
+    """Seconds from 3600, "90s", "30m", "6h" or "2d"; ValueError for anything else."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: give seconds, or a number with s, m, h or d (e.g. 6h)")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
 
 
 class _Model(BaseModel):

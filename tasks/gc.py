@@ -75,11 +75,10 @@ def machines(dry_run: bool, older_than_s: float, backend: Any) -> list[Orphan]:
     for machine in backend.machines():
         if machine.age_s < older_than_s:
             continue
-        owner, _ = read_owner(open_run(machine.run_uri)) if machine.run_uri else (None, None)
-        standing = owner.standing(ttl()) if owner is not None else "gone"
-        if standing == "live":
+        reason = _owner_gone(machine.run_uri, missing="its trial has no lease") if machine.run_uri else \
+            "it names no run dir"
+        if reason is None:
             continue
-        reason = f"its trial's orchestrator is {standing}" + (f": {owner.describe()}" if owner else " (no lease)")
         if not dry_run:
             backend.remove(machine)
         found.append(Orphan(machine.kind, machine.id, machine.trial_id, machine.run_uri, machine.age_s, reason,
@@ -87,12 +86,12 @@ def machines(dry_run: bool, older_than_s: float, backend: Any) -> list[Orphan]:
     return found
 
 
-def _owner_gone(run_uri: str, flow_run_id: str | None = None) -> str | None:
+def _owner_gone(run_uri: str, flow_run_id: str | None = None, missing: str | None = None) -> str | None:
     """Why the trial in run_uri has no live owner (or is owned by another flow run than flow_run_id); None when
-    its owner is alive (and is that flow run), or there is no lease record to judge by."""
+    its owner is alive (and is that flow run). Without a lease record: `missing` (None: nothing to judge by)."""
     owner, _ = read_owner(open_run(run_uri))
     if owner is None:
-        return None
+        return missing
     standing = owner.standing(ttl())
     if standing != "live":
         return f"its orchestrator is {standing}: {owner.describe()}"

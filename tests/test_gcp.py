@@ -146,12 +146,14 @@ def test_validate_refuses_a_run_dir_outside_cloud_storage(write_spec: Any, cli: 
 
 
 def test_validate_names_a_bad_gcp_setting(write_spec: Any, cli: Any) -> None:
-    spec = base_spec(backend={"kind": "gcp", "max_run_duration": "forever", "machine": "x"}, storage="gs://b/${trial_id}")
+    spec = base_spec(backend={"kind": "gcp", "max_run_duration": "forever", "machine": "x", "container_image": "img"},
+                     storage="gs://b/${trial_id}")
     result = cli("validate", str(write_spec(spec)))
     said = result.stdout + result.stderr
     assert result.code == 2, said
     assert "backend.max_run_duration" in said and "give seconds, or a number with s, m, h or d" in said
     assert "backend.machine" in said and "Extra inputs are not permitted" in said
+    assert "backend.container_image" in said  # not built yet: refused, never silently ignored
 
 
 # -- a whole trial ---------------------------------------------------------------------------------------

@@ -7,21 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gymflow.spec import duration_s
+
 DEFAULT_IMAGE = "projects/deeplearning-platform-release/global/images/family/pytorch-latest-gpu"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-
-
-def duration_s(value: str | int | float) -> int:
-    """Seconds from 3600, "90m", "6h" or "1d"."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration: give seconds, or a number with s, m, h or d (e.g. 6h)")
-    return int(float(match[1]) * _UNITS[match[2]])
 
 
 class GcpBackendSpec(BaseModel):
@@ -44,8 +34,6 @@ class GcpBackendSpec(BaseModel):
     boot_disk_gb: int = Field(100, ge=10, le=65536, description="Boot disk size (GB).")
     image: str = Field(DEFAULT_IMAGE, min_length=1, description="Boot image or image family (projects/P/global/images/"
                        "family/F); the default is Google's Deep Learning VM image with a recent PyTorch and CUDA.")
-    container_image: str | None = Field(None, description="Run the worker in this container image instead of on the "
-                                        "boot image (the image needs gymflow's worker and its libraries).")
     service_account: str | None = Field(None, description="Service account email the VM runs as (it needs read/write "
                                         "on the bucket only); default: the project's Compute Engine default account.")
     network: str | None = Field(None, description="VPC network; default: the project's `default` network.")
@@ -92,4 +80,4 @@ class GcpBackendSpec(BaseModel):
 
     @property
     def run_duration_s(self) -> int:
-        return duration_s(self.max_run_duration)
+        return int(duration_s(self.max_run_duration))

@@ -4,8 +4,8 @@ Nothing is installed that is already there: gymflow's own wheel (the exact code 
 gymflow/shipping.py) only when the image does not have that build (a prepared image skips it), and the user's
 `packages` through pip, which leaves requirements that are already met alone; with `gymflow_install:
 preinstalled` the script only checks that gymflow imports. The wheel is downloaded with the VM's service
-account (a token from the metadata server) and Python's standard library: nothing else is needed on the image. The script's output is the VM's serial console, which the train task shows when the
-worker never starts.
+account (a token from the metadata server) and Python's standard library: nothing else is needed on the image.
+The script's output is the VM's serial console, which the train task shows when the worker never starts.
 """
 
 from __future__ import annotations

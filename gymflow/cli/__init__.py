@@ -249,12 +249,12 @@ def alerts_remove(file: AutomationsOpt = None) -> None:
 
 def _duration(text: str) -> float:
     """'90s', '30m', '6h', '2d' (or plain seconds) -> seconds; a UserError naming the option otherwise."""
-    import re
+    from gymflow.spec import duration_s
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
-    if not match:
-        raise UserError(f"--older-than {text!r}: give a duration such as 90s, 30m, 6h or 2d")
-    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return duration_s(text or "")
+    except ValueError:
+        raise UserError(f"--older-than {text!r}: give a duration such as 90s, 30m, 6h or 2d") from None
 
 
 @app.command()
