@@ -321,3 +321,20 @@ def test_permission_denied_exits_2_with_one_message_and_creates_nothing(compute:
     assert "backend: permission denied creating a VM" in said and "roles/compute.instanceAdmin.v1" in said
     assert "Traceback" not in said
     assert len(compute.calls("POST", r"/instances$")) == 1 and compute.vms == {}  # asked once, not retried
+
+
+def test_no_zone_with_room_says_what_to_change(compute: FakeCompute, gcs: str) -> None:
+    compute.no_room.update({"us-central1-a": "ZONE_RESOURCE_POOL_EXHAUSTED", "us-central1-b": "QUOTA_EXCEEDED"})
+    backend, spec = _backend(_spec(gcs, compute, fallback_zones=["us-central1-b"]))
+    with pytest.raises(Exception, match=r"no zone had capacity or quota for the VM: us-central1-a: ZONE_RESOURCE_POOL_"
+                                        r"EXHAUSTED.*Add zones to backend\.fallback_zones, use another machine type, or "
+                                        r"ask for quota"):
+        backend.provision(spec)
+    assert compute.vms == {}
+
+
+def test_gc_refuses_a_spec_of_another_backend(write_spec: Any, cli: Any) -> None:
+    path = write_spec(base_spec())
+    done = cli("gc", "--backend", "gcp", "--spec", str(path))
+    assert done.code == 2
+    assert f"--spec {path}: its backend is 'local', not --backend 'gcp'" in done.stderr
