@@ -108,6 +108,10 @@ class Backend(ABC):
     def _check(self, spec: Spec) -> list[Problem]:
         return []
 
+    def notes(self, trials: list[Spec], max_parallel: int | None) -> list[str]:
+        """What `gymflow validate` tells the user about running these trials here (what they cost, say); none by default."""
+        return []
+
     # -- phases --------------------------------------------------------------------
     def plan(self, spec: Spec) -> Handle:
         """The handle before provisioning: enough for teardown to find anything half-made."""

@@ -108,3 +108,11 @@ def problems(spec: Spec) -> list[Problem]:
     except SpecError as exc:
         return exc.problems
     return []
+
+
+def notes(trials: list[Spec], max_parallel: int | None) -> list[str]:
+    """The notes of the trials' backend(s) for `gymflow validate` (each backend is asked about its own trials)."""
+    kinds: dict[str, list[Spec]] = {}
+    for trial in trials:
+        kinds.setdefault(trial.backend.kind, []).append(trial)
+    return [note for group in kinds.values() for note in create(group[0]).notes(group, max_parallel)]

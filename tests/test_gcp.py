@@ -303,9 +303,30 @@ def test_the_gc_flow_deletes_a_left_vm_and_without_credentials_still_collects_th
     assert gc(older_than_s=0, backend="gcp", spec_file=path) == []
 
 
-def test_the_example_spec_validates(gcs: str, cli: Any) -> None:
+def test_the_example_spec_validates_and_validate_estimates_what_it_costs(gcs: str, cli: Any) -> None:
     done = cli("validate", str(ROOT / "examples" / "gcp-cartpole-ppo.yaml"), "--set", f"storage={gcs}/runs/${{trial_id}}")
     assert done.code == 0, done.stdout + done.stderr
+    said = " ".join(done.stderr.split())
+    # a g2-standard-4 spot VM ($0.283/h) and a 100 GB disk ($0.10 per GB-month): 6 h at most, on up to 1 + 3 VMs
+    assert ("cost: about $0.30 per hour of the trial's VM (g2-standard-4 spot, 100 GB disk, deleted after 6h; replaced "
+            "up to 3 times if preempted); at most $7.12 if it runs to its time limit [an estimate from list prices for "
+            "us-central1 as of 2026-11") in said
+
+
+def test_a_sweep_estimate_counts_parallel_vms_spot_replacements_and_names_an_unpriced_machine(gcs: str) -> None:
+    from backends.gcp import prices
+
+    spec = base_spec(name="gcp", storage=f"{gcs}/runs/${{trial_id}}",
+                     backend={"kind": "gcp", "machine_type": "n1-standard-4", "accelerator_type": "nvidia-tesla-t4",
+                              "spot": True, "max_preemptions": 1, "boot_disk_gb": 73, "max_run_duration": "2h"})
+    trials = [config.resolve({**spec, "seed": seed}) for seed in range(4)]
+    hourly = prices.MACHINES["n1-standard-4"][1] + prices.ACCELERATORS["nvidia-tesla-t4"][1] + 73 * 0.10 / 730
+    [note] = backends.notes(trials, 3)
+    assert note.startswith(f"cost: about {prices.money(hourly)} per VM-hour (n1-standard-4 + 1x nvidia-tesla-t4 spot, "
+                           "73 GB disk, deleted after 2h; replaced up to 1 times if preempted); 3 VMs at once: up to "
+                           f"{prices.money(3 * hourly)} per hour; 4 trials: at most {prices.money(4 * hourly * 2 * 2)}"), note
+    unpriced = [config.resolve({**spec, "backend": {"kind": "gcp", "machine_type": "m3-megamem-64"}})]
+    assert backends.notes(unpriced, None) == [f"cost: no price on record for machine type 'm3-megamem-64'; see {prices.SOURCE}"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from backends.base import Backend, Features, Handle, Machine, Phase, Timing, Wor
 from backends.gcp.settings import GcpBackendSpec
 from gymflow import agent
 from gymflow.errors import Problem
-from gymflow.spec import Spec
+from gymflow.spec import Spec, duration_s
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,36 @@ class GcpBackend(Backend):
 
     def _has_gpu(self) -> bool:
         return self.settings.accelerator_type is not None or self.settings.machine_type.split("-")[0] in ("g2", "a2", "a3", "g4")
+
+    def notes(self, trials: list[Spec], max_parallel: int | None) -> list[str]:
+        """What the trials' VMs cost: per hour, and at most (every VM running until its max_run_duration)."""
+        from backends.gcp import prices
+
+        hourly, ceiling, missing, machines = [], 0.0, set(), set()
+        for trial in trials:
+            s = GcpBackendSpec.model_validate(trial.backend.model_dump(mode="json"))
+            estimate = prices.hourly(s.machine_type, s.accelerator_type, s.accelerator_count, s.spot, s.boot_disk_gb)
+            if estimate.per_hour is None:
+                missing.add(estimate.missing or "")
+                continue
+            hourly.append(estimate.per_hour)
+            lives = 1 + (s.max_preemptions if s.spot else 0)  # a preempted VM's replacement runs up to the limit again
+            ceiling += estimate.per_hour * duration_s(s.max_run_duration) / 3600 * lives
+            gpu = f" + {s.accelerator_count}x {s.accelerator_type}" if s.accelerator_type else ""
+            machines.add(f"{s.machine_type}{gpu}{' spot' if s.spot else ''}, {s.boot_disk_gb} GB disk, deleted after "
+                         f"{s.max_run_duration}{f'; replaced up to {s.max_preemptions} times if preempted' if s.spot else ''}")
+        if missing:
+            return [f"cost: no price on record for {', '.join(sorted(missing))}; see {prices.SOURCE}"]
+        source = f"[an estimate from list prices for {prices.REGION} as of {prices.AS_OF}, shipped with gymflow; not a bill]"
+        what = machines.pop() if len(machines) == 1 else f"{len(machines)} machine configurations"
+        if len(trials) == 1:
+            return [f"cost: about {prices.money(hourly[0])} per hour of the trial's VM ({what}); at most "
+                    f"{prices.money(ceiling)} if it runs to its time limit {source}"]
+        at_once = min(len(trials), max_parallel or len(trials))
+        busiest = sum(sorted(hourly, reverse=True)[:at_once])
+        return [f"cost: about {prices.money(sum(hourly) / len(hourly))} per VM-hour ({what}); {at_once} VMs at once: up "
+                f"to {prices.money(busiest)} per hour; {len(trials)} trials: at most {prices.money(ceiling)} if every "
+                f"VM runs to its time limit {source}"]
 
     # -- phases --------------------------------------------------------------------------------
     def _plan(self, spec: Spec) -> Handle:

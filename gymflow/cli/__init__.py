@@ -115,6 +115,10 @@ def validate(
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False))
     what = f"a sweep of {len(plan.trials)} trials, each checked" if resolved.sweep else f"trial {resolved.trial_id}"
     err.print(f"[green]ok[/green]: {spec} is valid ({what})", highlight=False)
+    import backends
+
+    for note in backends.notes(plan.trials, resolved.sweep.max_parallel if resolved.sweep else None):
+        err.print(note, highlight=False, markup=False)
 
 
 @app.command()
