@@ -43,6 +43,7 @@ class Features(BaseModel):
     gpu: bool = False
     spot: bool = False
     time_limit: bool = False
+    remote: bool = False  # trials work on machines of their own: a sweep follows them from threads, all at once by default
 
 
 class Handle(BaseModel):

@@ -170,7 +170,7 @@ def _sweep_run_name() -> str:
       on_completion=[events.sweep_finished], on_failure=[events.sweep_finished])
 def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: list[str] | None = None,
           globals_files: list[str] | None = None, max_parallel: int | None = None, dask_address: str | None = None,
-          runner: Runner = "dask") -> SweepResult:
+          runner: Runner | None = None) -> SweepResult:
     """Every trial of the spec's sweep section (skipping ones finished earlier), failures isolated, then a comparison.
 
     Args:
@@ -180,7 +180,8 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         globals_files: Globals YAML files for `${name}` substitution, as `gymflow sweep --globals`.
         max_parallel: Trials running at once; default: the spec's `sweep.max_parallel`, else one per CPU core.
         dask_address: A running Dask scheduler (tcp://host:port); default: the spec's, else a local cluster.
-        runner: `dask`, or `threads` to run the trials in threads of this process.
+        runner: `dask`, or `threads` to run the trials in threads of this process; default: threads where the trials
+            work on machines of their own (backend gcp) and no Dask scheduler is named, else dask.
     """
     log = prefect_logger()
     patient_events()  # a deployment's run: from here on, the event stream reconnects through a server restart
@@ -210,7 +211,11 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     skipped = len(results)
     log.info("sweep %s: %d trials, %d finished earlier, %d to run", name, len(expanded), skipped, len(todo))
     address = resolve_address(sweep_spec, dask_address)
-    workers = slots(len(todo), max_parallel)
+    # trials on machines of their own (a VM each): this process only follows them, from threads, all at once unless
+    # max_parallel says otherwise; local Dask worker processes would only add start-up time
+    remote = bool(todo) and backends.resolve(todo[0].backend.kind).features.remote
+    runner = runner or ("threads" if remote and not address else "dask")
+    workers = slots(len(todo), max_parallel, remote)
     todo = for_local_slots(todo, workers, remote=bool(address))
     in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
     if in_process:

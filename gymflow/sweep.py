@@ -214,9 +214,10 @@ def finished_report(spec: Spec) -> EvalReport | None:
     return report if status.state == "completed" and status.phase == "evaluate" else None
 
 
-def slots(pending: int, max_parallel: int | None) -> int:
-    """Trials running at once: as asked, else one per CPU core (and no more than there are trials)."""
-    return max_parallel or min(pending or 1, os.cpu_count() or 1)
+def slots(pending: int, max_parallel: int | None, remote: bool = False) -> int:
+    """Trials running at once: as asked, else one per CPU core (and no more than there are trials); trials that work on
+    machines of their own (remote) all at once."""
+    return max_parallel or (pending or 1 if remote else min(pending or 1, os.cpu_count() or 1))
 
 
 def for_local_slots(todo: list[Spec], workers: int, remote: bool) -> list[Spec]:

@@ -64,6 +64,7 @@ class FakeCompute:
         self.fail_next: list[int] = []  # status codes for the next API answers (429, 503)
         self.deny_create = False  # the caller lacks compute.instances.create
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
+        self.peak = 0  # the most VMs that existed at once
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -173,6 +174,7 @@ class FakeCompute:
             return 200, self._operation(project, zone, "insert", name, self.no_room[zone])
         vm = Vm(project, zone, body, self.folder / f"serial-{name}.log", id=next(self._ids))
         self.vms[(project, zone, name)] = vm
+        self.peak = max(self.peak, len(self.vms))
         self._boot(vm)
         return 200, self._operation(project, zone, "insert", name)
 

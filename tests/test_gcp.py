@@ -359,3 +359,25 @@ def test_gc_refuses_a_spec_of_another_backend(write_spec: Any, cli: Any) -> None
     done = cli("gc", "--backend", "gcp", "--spec", str(path))
     assert done.code == 2
     assert f"--spec {path}: its backend is 'local', not --backend 'gcp'" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_trials_as_parallel_vms_up_to_max_parallel(compute: FakeCompute, gcs: str, run_stack: Stack,
+                                                                   tmp_path: Path) -> None:
+    """`gymflow sweep` with backend gcp: the sweep flow follows the VMs from threads, two at a time, and compares."""
+    spec = _spec(gcs, compute)
+    spec["sweep"] = {"seeds": [0, 1, 2], "max_parallel": 2}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    done = subprocess.run([sys.executable, "-m", "gymflow", "sweep", "--verbose", str(path)], cwd=ROOT,
+                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert len(compute.calls("POST", r"/instances$")) == 3 and compute.peak == 2, said  # a VM per trial, two at a time
+    assert compute.vms == {}, "a VM outlived its trial"
+    assert "LocalCluster" not in said and "distributed" not in said  # no local Dask cluster for trials that run on VMs
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4  # the sweep's run and its three trials
+    runs_dir = open_run(f"{gcs}/runs")
+    statuses = [rel for rel in runs_dir.list() if rel.endswith("/status.json")]
+    assert len(statuses) == 3 and all(runs_dir.read_json(rel)["timesteps"] == 512 for rel in statuses)

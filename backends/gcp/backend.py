@@ -63,7 +63,7 @@ class GcpBackend(Backend):
     """Each trial on its own Compute Engine VM."""
 
     name: ClassVar[str] = "gcp"
-    features: ClassVar[Features] = Features(gpu=True, spot=True, time_limit=True)
+    features: ClassVar[Features] = Features(gpu=True, spot=True, time_limit=True, remote=True)
     Settings = GcpBackendSpec
     default_timing: ClassVar[Timing] = Timing(poll_s=10.0, startup_grace_s=900.0, heartbeat_timeout_s=600.0)
     settings: GcpBackendSpec

@@ -135,7 +135,7 @@ def run(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None) -> None
 def sweep(spec: SpecArg, globals_: GlobalsOpt = None, set_: SetOpt = None,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every trial's Prefect log lines instead "
                                                 "of the live table of trials.")] = False) -> None:
-    """Run every trial of the spec's sweep section in parallel on Dask and compare them."""
+    """Run every trial of the spec's sweep section in parallel (on Dask; on VMs for gcp) and compare them."""
     from contextlib import nullcontext
 
     from gymflow import sweep as sweeps
