@@ -65,6 +65,7 @@ class FakeCompute:
         self.deny_create = False  # the caller lacks compute.instances.create
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
         self.peak = 0  # the most VMs that existed at once
+        self.time_scale = 1.0  # seconds of the fake's clock per second of the VMs' maxRunDuration
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -118,7 +119,7 @@ class FakeCompute:
                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.folder)
         limit = (vm.body.get("scheduling") or {}).get("maxRunDuration", {}).get("seconds")
         if limit:
-            timer = threading.Timer(float(limit), self._time_up, args=(vm,))
+            timer = threading.Timer(float(limit) * self.time_scale, self._time_up, args=(vm,))
             timer.daemon = True
             timer.start()
 

@@ -381,3 +381,33 @@ def test_a_sweep_runs_its_trials_as_parallel_vms_up_to_max_parallel(compute: Fak
     runs_dir = open_run(f"{gcs}/runs")
     statuses = [rel for rel in runs_dir.list() if rel.endswith("/status.json")]
     assert len(statuses) == 3 and all(runs_dir.read_json(rel)["timesteps"] == 512 for rel in statuses)
+
+
+@pytest.mark.slow
+def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_deletes_at_its_time_limit(
+        compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
+    compute.time_scale = 0.1  # the VM's 300 s maxRunDuration runs out after 30 s here
+    spec = _spec(gcs, compute, max_run_duration=300)
+    spec.update(budget={"timesteps": 200_000})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    store = open_run(config.resolve(spec).storage)
+    env = _run_env(compute, run_stack, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (store.exists("status.json") and store.read_json("status.json").get("phase") == "train"):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # the laptop went to sleep: no teardown
+    proc.wait()
+    [vm] = compute.vms.values()
+    assert vm.body["scheduling"]["maxRunDuration"] == {"seconds": "300"}
+    looked = subprocess.run([sys.executable, "-m", "gymflow", "gc", "--backend", "gcp", "--spec", str(path), "--dry-run"],
+                            cwd=ROOT, env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=300)
+    assert looked.returncode == 0 and "would delete the VM" in looked.stdout, looked.stdout + looked.stderr
+    assert list(compute.vms.values()) == [vm]  # --dry-run deletes nothing
+    while compute.vms:  # Compute Engine itself deletes the VM when its time is up
+        assert time.time() - vm.created < 60, "the VM outlived its maxRunDuration"
+        time.sleep(0.5)
+    assert vm.proc is not None and vm.proc.poll() is not None  # and the worker on it is gone
