@@ -83,12 +83,20 @@ def check(pairs: Sequence[tuple[EnvSpec, AlgorithmSpec]]) -> list[Problem]:
         write_cache(file, {**read_cache(file), **fresh})
     problems: list[Problem] = []
     for key in items:
-        problems += [Problem(path, message) for path, message in cached[key] if Problem(path, message) not in problems]
+        found = [Problem(path, message) for path, message in cached[key]["problems"]]
+        problems += [p for p in found if p not in problems]
     return problems
 
 
-def _run_probe(items: list[dict[str, Any]], limit: float) -> list[list[list[str]]] | Problem:
-    """Each item's problems as [path, message] pairs, from one probe process; or why the probe failed."""
+def policy(env: EnvSpec, algo: AlgorithmSpec) -> str | None:
+    """The policy the check built for this pair (e.g. MlpPolicy, CnnPolicy); None when it has not been built."""
+    item = {"env": env.model_dump(mode="json"), "algorithm": algo.model_dump(mode="json")}
+    found = read_cache(_cache_file()).get(_key(item))
+    return found.get("policy") if isinstance(found, dict) else None
+
+
+def _run_probe(items: list[dict[str, Any]], limit: float) -> list[dict[str, Any]] | Problem:
+    """Each item's problems (as [path, message] pairs) and built policy, from one probe process; or why it failed."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the user's env modules import as they do here
     env["CUDA_VISIBLE_DEVICES"] = ""  # built on the CPU: a GPU start-up buys nothing for a check
@@ -104,7 +112,8 @@ def _run_probe(items: list[dict[str, Any]], limit: float) -> list[list[list[str]
     try:
         out = json.loads(done.stdout)
         if done.returncode == 0 and isinstance(out, list) and len(out) == len(items):
-            return [[[p["path"], p["message"]] for p in problems] for problems in out]
+            return [{"problems": [[p["path"], p["message"]] for p in found["problems"]], "policy": found["policy"]}
+                    for found in out]
     except (ValueError, KeyError, TypeError):
         pass
     last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]

@@ -62,9 +62,11 @@ def worker_log(store: RunStore) -> Iterator[None]:
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # the libraries' warnings (SB3's, gymnasium's, torch's) belong in worker.log too
     try:
         yield
     except BaseException:
+        logging.captureWarnings(False)
         root.removeHandler(handler)
         handler.close()
         try:
@@ -72,6 +74,7 @@ def worker_log(store: RunStore) -> Iterator[None]:
         except Exception:  # noqa: BLE001 - the phase's own error is the one to report
             logger.warning("could not publish the rest of the run dir's logs and metrics", exc_info=True)
         raise
+    logging.captureWarnings(False)
     root.removeHandler(handler)
     handler.close()
     store.seal()

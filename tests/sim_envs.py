@@ -12,7 +12,11 @@ from gymnasium import spaces
 class OptionEnv(gym.Env):
     """A 1-D target-tracking task whose target and mode come from reset options."""
 
-    def __init__(self, horizon: int = 20) -> None:
+    def __init__(self, horizon: int = 20, warn: str | None = None) -> None:
+        if warn:  # as a simulator's library would say something on stderr
+            import warnings
+
+            warnings.warn(warn, UserWarning, stacklevel=2)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Discrete(3)
         self.horizon = horizon

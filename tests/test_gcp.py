@@ -307,10 +307,26 @@ def test_the_example_spec_validates_and_validate_estimates_what_it_costs(gcs: st
     done = cli("validate", str(ROOT / "examples" / "gcp-cartpole-ppo.yaml"), "--set", f"storage={gcs}/runs/${{trial_id}}")
     assert done.code == 0, done.stdout + done.stderr
     said = " ".join(done.stderr.split())
-    # a g2-standard-4 spot VM ($0.283/h) and a 100 GB disk ($0.10 per GB-month): 6 h at most, on up to 1 + 3 VMs
-    assert ("cost: about $0.30 per hour of the trial's VM (g2-standard-4 spot, 100 GB disk, deleted after 6h; replaced "
-            "up to 3 times if preempted); at most $7.12 if it runs to its time limit [an estimate from list prices for "
+    # an n2-standard-4 spot VM ($0.047/h) and a 100 GB disk ($0.10 per GB-month): 6 h at most, on up to 1 + 3 VMs
+    assert ("cost: about $0.06 per hour of the trial's VM (n2-standard-4 spot, 100 GB disk, deleted after 6h; replaced "
+            "up to 3 times if preempted); at most $1.46 if it runs to its time limit [an estimate from list prices for "
             "us-central1 as of 2026-11") in said
+    assert "warning" not in said  # no GPU to idle
+
+
+def test_validate_warns_when_the_gpu_of_the_machine_type_would_sit_idle(gcs: str, cli: Any, write_spec: Any) -> None:
+    spec = base_spec(name="gcp", storage=f"{gcs}/runs/${{trial_id}}", backend={"kind": "gcp", "machine_type": "g2-standard-4"})
+    said = " ".join(cli("validate", str(write_spec(spec))).stderr.split())
+    assert ("warning: backend.machine_type g2-standard-4 has a GPU that this trial will not use: algorithm.device auto "
+            "trains it on the CPU (ppo's MLP policy trains faster on the CPU than on a GPU: on-policy, small batches). A "
+            "CPU machine type such as n2-standard-4 (about $0.21 per hour) does the same work; or set algorithm.device: "
+            "cuda to use the GPU") in said, said
+    sac = {**spec, "algorithm": {"name": "sac", "hyperparams": {"learning_starts": 100}}, "env": {"id": "Pendulum-v1"}}
+    said = " ".join(cli("validate", str(write_spec(sac))).stderr.split())
+    assert "ok:" in said and "warning" not in said  # SAC's 256x256 networks are faster on the GPU
+    cpu = {**sac, "algorithm": {**sac["algorithm"], "device": "cpu"}}
+    said = " ".join(cli("validate", str(write_spec(cpu))).stderr.split())
+    assert "has a GPU that this trial will not use: algorithm.device is cpu. A CPU machine type" in said, said
 
 
 def test_a_sweep_estimate_counts_parallel_vms_spot_replacements_and_names_an_unpriced_machine(gcs: str) -> None:
@@ -321,7 +337,7 @@ def test_a_sweep_estimate_counts_parallel_vms_spot_replacements_and_names_an_unp
                               "spot": True, "max_preemptions": 1, "boot_disk_gb": 73, "max_run_duration": "2h"})
     trials = [config.resolve({**spec, "seed": seed}) for seed in range(4)]
     hourly = prices.MACHINES["n1-standard-4"][1] + prices.ACCELERATORS["nvidia-tesla-t4"][1] + 73 * 0.10 / 730
-    [note] = backends.notes(trials, 3)
+    note = backends.notes(trials, 3)[0]  # (and a warning that the T4 would idle, when the build check has run)
     assert note.startswith(f"cost: about {prices.money(hourly)} per VM-hour (n1-standard-4 + 1x nvidia-tesla-t4 spot, "
                            "73 GB disk, deleted after 2h; replaced up to 1 times if preempted); 3 VMs at once: up to "
                            f"{prices.money(3 * hourly)} per hour; 4 trials: at most {prices.money(4 * hourly * 2 * 2)}"), note

@@ -138,7 +138,7 @@ def test_gymflow_sweep_starts_the_first_workers_before_loading_prefect_and_the_f
 
 
 def test_the_worker_applies_the_torch_thread_limit_its_backend_sets() -> None:
-    probe = ("import torch; from gymflow.runtime.algorithms import resolve_device; resolve_device('cpu'); "
+    probe = ("import torch; from gymflow.runtime.algorithms import limit_threads; limit_threads(); "
              "print(torch.get_num_threads())")
     env = {**os.environ, "GYMFLOW_TORCH_THREADS": "1"}
     assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"

@@ -34,6 +34,7 @@ def test_train_then_evaluate_fills_the_run_dir(make_run: Any, cli: Any) -> None:
     assert cli("worker", "train", store.uri).code == 0
     status = _status(store)
     assert (status.state, status.phase, status.timesteps, status.device) == ("completed", "train", 512, "cpu")
+    assert "training on cpu: " in (store.workdir / "worker.log").read_text()  # what auto chose, and why
     assert status.versions["stable-baselines3"] and status.heartbeat_at and status.pid
     train = _records(store, "metrics/train.jsonl")
     assert len(train) >= 3 and all("timesteps" in r and "time" in r for r in train)
@@ -112,6 +113,26 @@ def test_failing_simulator_exits_nonzero_with_the_error_in_status(make_run: Any,
     status = _status(store)
     assert status.state == "failed" and status.error == "RuntimeError: simulator diverged"
     assert "Traceback" in (store.workdir / "worker.log").read_text()
+
+
+def test_cuda_where_torch_sees_none_fails_at_once_saying_so_and_library_warnings_reach_the_worker_log(
+        make_run: Any) -> None:
+    """A spec that reached a machine without CUDA (a CPU VM, a CPU-only torch) asking for cuda fails before training
+    instead of training on the CPU under a status that says cuda."""
+    spec = base_spec(env={"id": "sim_envs:OptionEnv", "kwargs": {"warn": "the simulator's own warning"}},
+                     algorithm={"name": "ppo", "device": "cuda", "hyperparams": {"n_steps": 64, "batch_size": 64}})
+    store = make_run(spec)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "gymflow", "worker", "train", store.uri], env=env, capture_output=True,
+                          text=True, timeout=300)  # its own process: pytest records warnings in its own
+    assert done.returncode != 0
+    status = _status(store)
+    assert status.state == "failed" and status.device is None and status.timesteps == 0
+    assert status.error == ("NoCudaError: algorithm.device: cuda was asked for, but torch on this machine sees no CUDA "
+                            "device (no GPU, no driver, or a CPU-only torch build); set algorithm.device to auto or cpu, "
+                            "or run on a machine with a GPU")
+    log = (store.workdir / "worker.log").read_text()
+    assert "UserWarning: the simulator's own warning" in log  # a library's warning, in the log the user reads
 
 
 def test_completed_training_is_not_repeated_and_the_launch_still_answers(make_run: Any) -> None:

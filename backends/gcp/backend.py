@@ -59,6 +59,34 @@ _computes: dict[tuple[str | None, str | None, str | None], Any] = {}
 _computes_lock = threading.Lock()
 
 
+def _idle_gpu(trial: Spec) -> str | None:
+    """A warning when the trial's machine type carries a GPU that its training will not use."""
+    from backends.gcp import prices
+    from gymflow import buildcheck
+    from gymflow.runtime.devices import choose
+
+    s = GcpBackendSpec.model_validate(trial.backend.model_dump(mode="json"))
+    policy = buildcheck.policy(trial.env, trial.algorithm)  # what validate's build check built
+    if not _gpu_machine(s) or policy is None:
+        return None
+    choice = choose(trial.algorithm.device, trial.algorithm, policy, cuda=True)
+    if choice.device != "cpu":
+        return None
+    cheaper = prices.hourly(CPU_MACHINE, None, 1, s.spot, s.boot_disk_gb).per_hour
+    why = (f"algorithm.device auto trains it on the CPU ({choice.reason})" if trial.algorithm.device == "auto"
+           else choice.reason)
+    return (f"warning: backend.machine_type {s.machine_type}{f' + {s.accelerator_type}' if s.accelerator_type else ''} "
+            f"has a GPU that this trial will not use: {why}. A CPU machine type such as {CPU_MACHINE} (about "
+            f"{prices.money(cheaper or 0)} per hour) does the same work; or set algorithm.device: cuda to use the GPU")
+
+
+def _gpu_machine(s: GcpBackendSpec) -> bool:
+    return s.accelerator_type is not None or s.machine_type.split("-")[0] in ("g2", "a2", "a3", "g4")
+
+
+CPU_MACHINE = "n2-standard-4"
+
+
 class GcpBackend(Backend):
     """Each trial on its own Compute Engine VM."""
 
@@ -91,7 +119,7 @@ class GcpBackend(Backend):
         return problems
 
     def _has_gpu(self) -> bool:
-        return self.settings.accelerator_type is not None or self.settings.machine_type.split("-")[0] in ("g2", "a2", "a3", "g4")
+        return _gpu_machine(self.settings)
 
     def notes(self, trials: list[Spec], max_parallel: int | None) -> list[str]:
         """What the trials' VMs cost: per hour, and at most (every VM running until its max_run_duration)."""
@@ -110,18 +138,19 @@ class GcpBackend(Backend):
             gpu = f" + {s.accelerator_count}x {s.accelerator_type}" if s.accelerator_type else ""
             machines.add(f"{s.machine_type}{gpu}{' spot' if s.spot else ''}, {s.boot_disk_gb} GB disk, deleted after "
                          f"{s.max_run_duration}{f'; replaced up to {s.max_preemptions} times if preempted' if s.spot else ''}")
+        idle = list(dict.fromkeys(n for n in (_idle_gpu(t) for t in trials) if n))
         if missing:
-            return [f"cost: no price on record for {', '.join(sorted(missing))}; see {prices.SOURCE}"]
+            return [f"cost: no price on record for {', '.join(sorted(missing))}; see {prices.SOURCE}", *idle]
         source = f"[an estimate from list prices for {prices.REGION} as of {prices.AS_OF}, shipped with gymflow; not a bill]"
         what = machines.pop() if len(machines) == 1 else f"{len(machines)} machine configurations"
         if len(trials) == 1:
             return [f"cost: about {prices.money(hourly[0])} per hour of the trial's VM ({what}); at most "
-                    f"{prices.money(ceiling)} if it runs to its time limit {source}"]
+                    f"{prices.money(ceiling)} if it runs to its time limit {source}", *idle]
         at_once = min(len(trials), max_parallel or len(trials))
         busiest = sum(sorted(hourly, reverse=True)[:at_once])
         return [f"cost: about {prices.money(sum(hourly) / len(hourly))} per VM-hour ({what}); {at_once} VMs at once: up "
                 f"to {prices.money(busiest)} per hour; {len(trials)} trials: at most {prices.money(ceiling)} if every "
-                f"VM runs to its time limit {source}"]
+                f"VM runs to its time limit {source}", *idle]
 
     # -- phases --------------------------------------------------------------------------------
     def _plan(self, spec: Spec) -> Handle:

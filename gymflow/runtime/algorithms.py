@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gymflow import hyperparams
+from gymflow.runtime.devices import Choice, choose
 from gymflow.spec import AlgorithmSpec
 
 logger = logging.getLogger(__name__)
@@ -39,19 +40,25 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when a GPU is present, else 'cpu'. Applies the torch thread limit the backend set."""
+def limit_threads() -> None:
+    """Apply the torch thread limit the backend set (parallel trials on one machine must not oversubscribe its cores)."""
     import torch
 
     threads = os.environ.get(THREADS_ENV, "")
     if threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))  # parallel trials on one machine must not oversubscribe its cores
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(int(threads))
 
 
-SMALL_NET_WIDTH = 128  # the widest layer up to which a policy trains faster on one CPU thread
+def device_for(algo: AlgorithmSpec, observation_space: Any) -> Choice:
+    """The device to train `algo` on (gymflow.runtime.devices: auto picks the faster one); applies the thread limit."""
+    import torch
+
+    limit_threads()
+    return choose(algo.device, algo, policy_for(algo, observation_space), torch.cuda.is_available())
+
+
+SMALL_NET_WIDTH = 128  # the widest layer up to which an MLP policy trains fastest on one CPU thread
+MLP_MAX_THREADS = 2  # a wider MLP gains from a second thread, and loses from many
 _torch_default_threads: int | None = None
 
 
@@ -59,13 +66,13 @@ def fit_threads(model: Any, device: str) -> int:
     """Set torch's CPU threads for this model, unless the backend (GYMFLOW_TORCH_THREADS) or the user
     (OMP_NUM_THREADS) chose already; the thread count in use.
 
-    Torch splits every op over one thread per core. The small MLPs of most control tasks make ops
-    too short to split, and synchronising many threads costs more than it saves: on machines with
-    many cores that default is reported several times slower for such networks. On a 2-core machine
-    PPO on CartPole-v1 (64x64) trained as fast on one thread as on two (100k timesteps, 3 pairs),
-    while SAC's 256x256 was ~10% faster on two. So a policy without convolutions whose widest layer
-    has at most SMALL_NET_WIDTH units gets one thread, any other torch's default. Decided per model:
-    a reused worker may train another next.
+    Torch splits every op over one thread per core. The MLPs of control tasks make ops too short to
+    split, and synchronising many threads costs more than it saves. Measured: on a 2-core machine PPO
+    on CartPole-v1 (64x64) trained as fast on one thread as on two (100k timesteps, 3 pairs), while
+    SAC's 256x256 was ~10% faster on two; on a 16-vCPU machine torch's default (16 threads) ran SAC
+    on Pendulum-v1 at 46 steps/s against 66 on one thread. So an MLP policy whose widest layer has at
+    most SMALL_NET_WIDTH units gets one thread, a wider MLP at most MLP_MAX_THREADS, and a
+    convolutional policy torch's default. Decided per model: a reused worker may train another next.
     """
     import torch
 
@@ -77,11 +84,15 @@ def fit_threads(model: Any, device: str) -> int:
     modules = list(model.policy.modules())
     convolutional = any(isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) for m in modules)
     widest = max((m.out_features for m in modules if isinstance(m, torch.nn.Linear)), default=0)
-    threads = 1 if not convolutional and widest <= SMALL_NET_WIDTH else _torch_default_threads
+    if convolutional:
+        threads, kind = _torch_default_threads, "convolutional"
+    elif widest <= SMALL_NET_WIDTH:
+        threads, kind = 1, "small MLP"
+    else:
+        threads, kind = min(MLP_MAX_THREADS, _torch_default_threads), f"{widest}-unit MLP"
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-        logger.info("torch uses %d CPU thread%s for this %s policy", threads, "" if threads == 1 else "s",
-                    "small MLP" if threads == 1 else "larger")
+        logger.info("torch uses %d CPU thread%s for this %s policy", threads, "" if threads == 1 else "s", kind)
     return threads
 
 

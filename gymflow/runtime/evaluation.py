@@ -60,7 +60,7 @@ def write_curve(store: RunStore, spec: Spec) -> None:
 
 def evaluate_run(store: RunStore, spec: Spec) -> EvalReport:
     """The final evaluation: the run's model.zip over the spec's episodes, written to eval.json."""
-    from gymflow.runtime.algorithms import load_model, resolve_device
+    from gymflow.runtime.algorithms import device_for, load_model
 
     if not store.exists(MODEL_FILE):
         from gymflow.errors import RunDirError
@@ -69,7 +69,7 @@ def evaluate_run(store: RunStore, spec: Spec) -> EvalReport:
     stats = str(store.fetch(VECNORM_FILE)) if store.exists(VECNORM_FILE) else None
     venv = eval_env(spec, stats)
     try:
-        model = load_model(spec.algorithm, str(store.fetch(MODEL_FILE)), venv, resolve_device(spec.algorithm.device))
+        model = load_model(spec.algorithm, str(store.fetch(MODEL_FILE)), venv, device_for(spec.algorithm, venv.observation_space).device)
         report = run_episodes(model, venv, spec.evaluation.episodes, spec.evaluation.deterministic)
     finally:
         venv.close()

@@ -1,8 +1,8 @@
 """Build each algorithm once on its env, in a process of its own: what validation cannot see statically.
 
 ``gymflow.buildcheck`` runs ``python -m gymflow.runtime.probe`` with a JSON list of
-``{"env": EnvSpec, "algorithm": AlgorithmSpec}`` on stdin and reads one list of problems per
-item from stdout. A value the algorithm rejects (``n_steps: 0``, a features extractor that
+``{"env": EnvSpec, "algorithm": AlgorithmSpec}`` on stdin and reads, per item, its problems and
+the policy built (what `algorithm.device: auto` decides by) from stdout. A value the algorithm rejects (``n_steps: 0``, a features extractor that
 is not one) fails here, on the orchestrator's machine, with the algorithm's own message tied
 to the field it names, not after a VM has booted. Nothing trains: the model is constructed
 on the envs the worker would build (vectorised in-process) and dropped.
@@ -66,12 +66,13 @@ def value_types(algo: AlgorithmSpec) -> list[Problem]:
     return problems
 
 
-def probe(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
-    """Problems building `algo` on `env` (an empty list when it builds)."""
+def probe(env: EnvSpec, algo: AlgorithmSpec) -> tuple[list[Problem], str | None]:
+    """Problems building `algo` on `env` (an empty list when it builds), and the policy it built (for the device
+    `algorithm.device: auto` will pick)."""
     wrong = value_types(algo)
     if wrong:
-        return wrong
-    from gymflow.runtime.algorithms import build_model
+        return wrong, None
+    from gymflow.runtime.algorithms import build_model, policy_for
     from gymflow.runtime.envs import build_vec_env
 
     try:
@@ -80,7 +81,7 @@ def probe(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
         venv.step(np.array([venv.action_space.sample() for _ in range(venv.num_envs)]))
     except Exception as exc:  # noqa: BLE001 - whatever the simulator raised is the user's to see
         return [Problem("env", f"the env could not be created and stepped: {type(exc).__name__}: {clip(str(exc))}. "
-                               "Check env.id, env.kwargs and env.wrappers")]
+                               "Check env.id, env.kwargs and env.wrappers")], None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,10 +91,10 @@ def probe(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
         cls = algo.info.cls
         return [Problem(field_of(text, algo), f"{cls} refuses this configuration: {type(exc).__name__}: "
                                               f"{clip(text)}. Change the value (checked by building "
-                                              f"{cls} once on {env.id})")]
+                                              f"{cls} once on {env.id})")], None
     finally:
         venv.close()
-    return []
+    return [], policy_for(algo, venv.observation_space)
 
 
 def main() -> None:
@@ -101,8 +102,8 @@ def main() -> None:
     items: list[dict[str, Any]] = json.load(sys.stdin)
     out = []
     for item in items:
-        problems = probe(EnvSpec.model_validate(item["env"]), AlgorithmSpec.model_validate(item["algorithm"]))
-        out.append([{"path": p.path, "message": p.message} for p in problems])
+        problems, policy = probe(EnvSpec.model_validate(item["env"]), AlgorithmSpec.model_validate(item["algorithm"]))
+        out.append({"problems": [{"path": p.path, "message": p.message} for p in problems], "policy": policy})
     sys.stdout.write(json.dumps(out))
     sys.stdout.flush()
 

@@ -74,8 +74,6 @@ class Trainer:
 
     def run(self) -> str:
         """Train; return the final state ('completed' or 'interrupted'). Raises on failure."""
-        from gymflow.runtime.algorithms import resolve_device
-
         spec = self.spec
         if self.status.status.state == "completed" and self.store.exists(MODEL_FILE) and self.status.status.phase == "train":
             logger.info("training already completed in %s; nothing to do", self.store.uri)
@@ -84,21 +82,20 @@ class Trainer:
             now = time.time()
             self.status.update(pid=os.getpid(), parent_pid=os.getppid(), started_at=now, finished_at=now)
             return "completed"
-        device = resolve_device(spec.algorithm.device)
-        self.status.start(state="running", phase="train", device=device, resumed_from=None,
+        self.status.start(state="running", phase="train", device=None, resumed_from=None,
                           budget_timesteps=spec.budget.timesteps, budget_episodes=spec.budget.episodes)
         try:
             with _StopOnSignal(self.progress):
-                state = self._train(device)
+                state = self._train()
         except BaseException as exc:
             self.status.finish("failed", error=f"{type(exc).__name__}: {exc}")
             raise
         self.status.finish(state, stop_reason=self.progress.stop_reason)
         return state
 
-    def _train(self, device: str) -> str:
+    def _train(self) -> str:
         from gymflow.runtime.envs import build_vec_env
-        from gymflow.runtime.algorithms import build_model, load_model
+        from gymflow.runtime.algorithms import build_model, device_for, load_model
 
         spec, store = self.spec, self.store
         ckpt = checkpoints.newest(store)
@@ -106,6 +103,9 @@ class Trainer:
         stats = str(ckpt.vecnormalize) if ckpt and ckpt.vecnormalize else None
         venv = build_vec_env(spec.env, spec.seed, spec.env.n_envs, training=True, gamma=gamma, stats_path=stats)
         try:
+            choice = device_for(spec.algorithm, venv.observation_space)
+            logger.info("training on %s: %s", choice.device, choice.reason)
+            device = choice.device
             if ckpt is not None:
                 logger.info("resuming from the checkpoint at %d timesteps", ckpt.timesteps)
                 model = load_model(spec.algorithm, str(ckpt.model), venv, device)
@@ -116,6 +116,7 @@ class Trainer:
                 self.resumed_from = ckpt.timesteps
             else:
                 model = build_model(spec.algorithm, venv, spec.seed, device)
+            self.status.update(device=model.device.type)  # the device the model is really on
             self._learn(model)
             if self.progress.stop_requested.is_set():
                 self._checkpoint(model)
