@@ -157,7 +157,9 @@ class AlgorithmSpec(_Model):
         default_factory=dict,
         description="Constructor arguments of the algorithm, in rl-zoo formats (lin_<x> schedules, policy_kwargs mapping, noise_type/noise_std).",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when present, else cpu.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the faster one for the policy (cuda, when "
+                                                   "present, for convolutional and wide off-policy MLPs; else cpu); "
+                                                   "cuda fails where there is none.")
 
     @field_validator("name")
     @classmethod
