@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from backends.base import BackendError, Handle, Phase, TransientBackendError, WorkerState
+from backends.gcp.backend import GcpBackend
+from backends.gcp.settings import GcpBackendSpec
 from backends.local import LocalBackend
 from backends.local.backend import _folder, _processes
 from gymflow.spec import Spec
@@ -158,3 +160,49 @@ def _append(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
+
+
+class FaultyGcpSettings(GcpBackendSpec):
+    kind: str = "faulty-gcp"  # type: ignore[assignment]  # named by its import path in the spec
+
+
+class FaultyGcpBackend(GcpBackend):
+    """The gcp backend with GYMFLOW_TEST_FAULT=raise@PHASE: a BackendError in that phase, with the trial's VM up
+    (provision raises after creating it; train and evaluate once the phase's launch runs on the VM)."""
+
+    name: ClassVar[str] = "faulty-gcp"
+    Settings = FaultyGcpSettings
+
+    def _provision(self, spec: Spec) -> Handle:
+        handle = super()._provision(spec)
+        _raise_in("provision")
+        return handle
+
+    def _setup(self, handle: Handle, spec: Spec) -> None:
+        super()._setup(handle, spec)
+        _raise_in("setup")
+
+    def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
+        state = super()._poll(handle, phase)
+        if state.running:
+            _raise_in(phase)
+        return state
+
+    def store(self, handle: Handle) -> Any:
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        if context is not None and context.task.name == "store":
+            _raise_in("store")
+        return super().store(handle)
+
+    def _teardown(self, handle: Handle) -> None:
+        _raise_in("teardown")
+        super()._teardown(handle)
+
+
+def _raise_in(phase: str) -> None:
+    kind, _, phases = os.environ.get(FAULT_ENV, "").partition("@")
+    if kind == "raise" and phase in phases.split(",") and ("raise", phase) not in _fired:
+        _fired.add(("raise", phase))
+        raise BackendError(f"injected failure in {phase}")

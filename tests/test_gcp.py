@@ -427,3 +427,26 @@ def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_dele
         assert time.time() - vm.created < 60, "the VM outlived its maxRunDuration"
         time.sleep(0.5)
     assert vm.proc is not None and vm.proc.poll() is not None  # and the worker on it is gone
+
+
+@pytest.mark.slow
+def test_an_exception_in_each_phase_leaves_no_vm(compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
+    """The fault table's exception column on gcp: a run fails in provision, its rerun in setup, … each torn down to
+    no VM; a failing teardown task is done directly; the last run completes and leaves none either."""
+    spec = _spec(gcs, compute)
+    spec["backend"]["kind"] = "fault_backends:FaultyGcpBackend"
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = _run_env(compute, run_stack, tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    for phase in ["provision", "setup", "train", "evaluate", "store", "teardown"]:
+        done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
+                              env={**env, "GYMFLOW_TEST_FAULT": f"raise@{phase}"}, capture_output=True, text=True,
+                              timeout=600)
+        said = done.stdout + done.stderr
+        if phase == "teardown":
+            assert done.returncode == 0 and "the teardown task did not complete; tearing down directly" in said, said
+        else:
+            assert done.returncode == 1 and f"failed: injected failure in {phase}" in said, said
+        assert compute.vms == {}, f"a VM outlived the trial that failed in {phase}"
+    assert len(compute.calls("POST", r"/instances$")) == 6  # a VM per run, each deleted
