@@ -70,6 +70,8 @@ def setup(backend: Backend, handle: Handle, spec: Spec, run_name: str, parent_ru
 def train(backend: Backend, handle: Handle, spec: Spec, ctx: TrialContext) -> int:
     """Run the worker's train phase, following it; returns the timesteps trained."""
     status = run_phase(backend, handle, "train", spec, ctx)
+    if status.device:  # the device the model really trained on (auto's choice, gymflow/runtime/devices.py)
+        Tracker(ctx.tracking_uri).set_tags(ctx.mlflow_run_id, {"gymflow.device": status.device})
     if status.stop_reason:
         prefect_logger().info("training stopped early: %s", status.stop_reason)
     return status.timesteps

@@ -190,6 +190,7 @@ def test_a_trial_runs_all_six_phases_on_vms_and_a_preempted_one_is_replaced_resu
     assert compute.vms == {}, "a VM outlived its trial"
     runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["gymflow.preemptions"] == "1"
+    assert runs[0].data.tags["gymflow.device"] == "cpu"  # auto: PPO's MLP on the CPU (and the fake VMs have no GPU)
     assert store.read_json("eval.json")["n_episodes"] >= 1
     # launches: train on the first VM (lost with it), train again on the second, evaluate
     assert [p for p in store.list("agent/") if "state-" in p] == [f"agent/state-{n}.json" for n in (1, 2, 3)]
