@@ -136,6 +136,43 @@ def test_missing_credentials_name_the_command_that_fixes_them(gcs: str, monkeypa
         Compute("p", "http://127.0.0.1:9", None)
 
 
+def test_credentials_without_a_project_say_where_to_set_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import json
+
+    from backends.gcp.compute import Compute
+
+    user = tmp_path / "adc.json"  # what `gcloud auth application-default login` writes: no project in it
+    user.write_text(json.dumps({"type": "authorized_user", "client_id": "id", "client_secret": "s", "refresh_token": "r"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(user))
+    for name in ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    with pytest.raises(UserError, match=r"^backend\.project: no Google Cloud project given and none comes with the "
+                                        r"credentials; set backend\.project \(or `gcloud config set project`\)$"):
+        Compute(None, "http://127.0.0.1:9", None)
+
+
+def test_a_credentials_block_without_prefect_gcp_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.gcp.compute import Compute
+
+    monkeypatch.setitem(sys.modules, "prefect_gcp", None)  # as where prefect-gcp is not installed
+    with pytest.raises(UserError, match=r"^backend\.credentials_block: 'team-gcp' needs prefect-gcp "
+                                        r"\(pip install prefect-gcp\)$"):
+        Compute("p", "http://127.0.0.1:9", "team-gcp")
+
+
+def test_a_trial_past_its_replacements_fails_saying_how_to_resume(compute: FakeCompute, gcs: str) -> None:
+    from gymflow.errors import WorkerError
+    from tasks.follow import _replace
+
+    backend, _ = _backend(_spec(gcs, compute, spot=True, max_preemptions=1))
+    with pytest.raises(WorkerError, match=r"^VM gf-x-1 is gone during train, and the trial has had the 1 replacement\(s\) "
+                                          r"it may have \(backend\.max_preemptions\); run the same spec again to resume "
+                                          r"from its newest checkpoint$"):
+        _replace(backend, None, "train", "VM gf-x-1 is gone", 2, None, None, None)  # type: ignore[arg-type]
+    assert compute.vms == {}
+
+
 def test_validate_refuses_a_run_dir_outside_cloud_storage(write_spec: Any, cli: Any) -> None:
     spec = base_spec(backend={"kind": "gcp", "project": "p"}, storage="/tmp/runs/${trial_id}")
     result = cli("validate", str(write_spec(spec)))
