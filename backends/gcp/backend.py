@@ -181,15 +181,18 @@ class GcpBackend(Backend):
 
         name = handle.data["vm"]
         wheel = self._ship(handle.run_uri) if self.settings.gymflow_install == "wheel" else None
-        script = startup.script(self.settings, handle.run_uri, handle.trial_id, gymflow.__version__, wheel)
+        script = startup.script(self.settings, handle.run_uri, handle.trial_id, gymflow.__version__, wheel,
+                                gpu=self._has_gpu())
         labels = {**self.settings.labels, "gymflow": "managed", "gymflow-trial": label_value(handle.trial_id),
                   "gymflow-experiment": label_value(str(handle.data.get("experiment", "")))}
         metadata = {"startup-script": script, "gymflow-run-uri": handle.run_uri}
         started = time.monotonic()
         zone = self.compute.create(self.settings.zones, lambda z: self._instance(name, z, labels, metadata))
         handle.data.update(zone=zone, created_at=time.monotonic())
-        logger.info("VM %s (%s%s) created in %s in %.1f s", name, self.settings.machine_type,
-                    ", spot" if self.settings.spot else "", zone, time.monotonic() - started)
+        logger.info("VM %s (%s%s%s) created in %s in %.1f s", name, self.settings.machine_type,
+                    ", spot" if self.settings.spot else "",
+                    f", container {self.settings.container_image}" if self.settings.container_image else "", zone,
+                    time.monotonic() - started)
 
     @staticmethod
     def _ship(run_uri: str) -> tuple[str, str, str]:

@@ -42,6 +42,10 @@ class GcpBackendSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the VM.")
     max_run_duration: str | int = Field("24h", description="Cloud-side limit: Compute Engine deletes the VM after this "
                                         "long whatever happens to the orchestrator (seconds, or e.g. 90m, 6h, 1d).")
+    container_image: str | None = Field(None, description="Run the worker in this container image (e.g. "
+                                        "us-docker.pkg.dev/P/R/sim:1), pulled by the VM; its image needs Docker (the "
+                                        "default has it), the container Python 3.10+ and bash. gymflow_install and "
+                                        "packages apply inside it.")
     api_endpoint: str | None = Field(None, description="Compute Engine API endpoint (Private Service Connect; tests).")
     packages: list[str] = Field(default_factory=list, description="pip requirements installed on the VM before the "
                                 "worker starts (your simulator's package, plugins; gymflow itself where the image lacks it); "

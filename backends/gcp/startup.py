@@ -5,6 +5,8 @@ gymflow/shipping.py) only when the image does not have that build (a prepared im
 `packages` through pip, which leaves requirements that are already met alone; with `gymflow_install:
 preinstalled` the script only checks that gymflow imports. The wheel is downloaded with the VM's service
 account (a token from the metadata server) and Python's standard library: nothing else is needed on the image.
+With `container_image` the VM pulls the image (with Docker, which the default image has) and the same steps run
+inside the container, which gets the VM's GPUs and network and finds the wheel in a mounted folder.
 The script's output is the VM's serial console, which the train task shows when the worker never starts.
 """
 
@@ -45,14 +47,41 @@ with urllib.request.urlopen(urllib.request.Request(url, headers={{"Authorization
         file.write(got.read())
 PYTHON
 }}
-if "$PY" -c "import sys, gymflow._build as b; sys.exit(b.BUILD != '{build}')" 2>/dev/null; then
+"""
+
+INSTALL = """if "$PY" -c "import sys, gymflow._build as b; sys.exit(b.BUILD != '{build}')" 2>/dev/null; then
   say "gymflow build {build} is installed already"
 else
   say "installing gymflow build {build} from {wheel_uri}"
-  where="$(mktemp -d)"
-  fetch {wheel_uri} "$where/{filename}" || fail "could not download {wheel_uri}: the VM's service account needs storage.objects.get on the bucket"
-  "$PY" -m pip install --quiet --disable-pip-version-check "$where/{filename}[gcp]" || fail "pip could not install gymflow from {filename}"
+{get}  "$PY" -m pip install --quiet --disable-pip-version-check "$where/{filename}[gcp]" || fail "pip could not install gymflow from {filename}"
 fi
+"""
+
+DOWNLOAD = """  where="$(mktemp -d)"
+  fetch {wheel_uri} "$where/{filename}" || fail "could not download {wheel_uri}: the VM's service account needs storage.objects.get on the bucket"
+"""
+
+# backend.container_image: the VM (its image must have Docker; the default Deep Learning VM image does, with NVIDIA's
+# container toolkit) pulls the image and runs the worker's agent in it; the same install steps run inside
+CONTAINER = """#!/bin/bash
+# gymflow {version}: the worker's agent for trial {trial_id}, in the container {image}
+set -uo pipefail
+IMAGE={image_q}
+PY="$(command -v python3 || command -v python)"
+say() {{ echo "gymflow-startup: $*"; }}
+fail() {{ say "FAILED: $*"; exit 1; }}
+command -v docker >/dev/null || fail "no docker on the VM image: backend.container_image needs an image with Docker (the default Deep Learning VM image has it)"
+where="$(mktemp -d)"
+{download}registry="${{IMAGE%%/*}}"
+case "$registry" in
+  *-docker.pkg.dev|gcr.io|*.gcr.io) command -v gcloud >/dev/null && gcloud auth configure-docker "$registry" --quiet >/dev/null 2>&1 ;;
+esac
+say "pulling $IMAGE"
+docker pull "$IMAGE" >/dev/null || fail "docker could not pull $IMAGE: check backend.container_image, and that the VM's service account may read it (roles/artifactregistry.reader)"
+passed=()
+for name in GCE_METADATA_HOST GCE_METADATA_IP STORAGE_EMULATOR_HOST; do [ -n "${{!name:-}}" ] && passed+=(-e "$name"); done
+say "starting the agent in $IMAGE"
+exec docker run --rm --network host {gpus}"${{passed[@]}}" -v "$where:/gymflow-in" "$IMAGE" bash -c {inner}
 """
 
 PACKAGES = """say "installing {packages}"
@@ -61,13 +90,29 @@ PACKAGES = """say "installing {packages}"
 
 
 def script(settings: GcpBackendSpec, run_uri: str, trial_id: str, version: str, wheel: tuple[str, str, str] | None = None,
-           poll_s: float = 2.0) -> str:
-    """The startup-script metadata value for one trial's VM; `wheel`: (gs:// URI, file name, build) of gymflow's."""
+           poll_s: float = 2.0, gpu: bool = False) -> str:
+    """The startup-script metadata value for one trial's VM; `wheel`: (gs:// URI, file name, build) of gymflow's;
+    `gpu`: the VM has GPUs (a container gets them)."""
+    image = settings.container_image
     install = ""
     if wheel is not None:
         uri, filename, build = wheel
-        install += FETCH.format(wheel_uri=shlex.quote(uri), filename=filename, build=build)
+        if image:  # downloaded on the VM, installed in the container from the folder it sees as /gymflow-in
+            install += INSTALL.format(build=build, wheel_uri=shlex.quote(uri), filename=filename, get='  where=/gymflow-in\n')
+        else:
+            install += FETCH.format() + INSTALL.format(build=build, wheel_uri=shlex.quote(uri), filename=filename,
+                                              get=DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename))
     if settings.packages:
         install += PACKAGES.format(packages=" ".join(settings.packages),
                                   quoted=" ".join(shlex.quote(p) for p in settings.packages))
-    return TEMPLATE.format(version=version, trial_id=trial_id, run_uri=shlex.quote(run_uri), install=install, poll_s=poll_s)
+    agent = TEMPLATE.format(version=version, trial_id=trial_id, run_uri=shlex.quote(run_uri), install=install, poll_s=poll_s)
+    if not image:
+        return agent
+    download = ""
+    if wheel is not None:
+        uri, filename, _ = wheel
+        download = (FETCH.format() + '[ -n "$PY" ] || fail "no python3 on the VM image to download gymflow\'s wheel with"\n'
+                    + DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename).replace('  where="$(mktemp -d)"\n', ""))
+    return CONTAINER.format(
+        version=version, trial_id=trial_id, image=image, image_q=shlex.quote(image), download=download, gpus="--gpus all " if gpu else "",
+        inner=shlex.quote(agent))
