@@ -456,7 +456,7 @@ def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_dele
     [vm] = compute.vms.values()
     assert vm.body["scheduling"]["maxRunDuration"] == {"seconds": "300"}
     looked = subprocess.run([sys.executable, "-m", "gymflow", "gc", "--backend", "gcp", "--spec", str(path), "--dry-run"],
-                            cwd=ROOT, env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, env={**env, "COLUMNS": "2000"}, capture_output=True, text=True, timeout=300)
     assert looked.returncode == 0 and "would delete the VM" in looked.stdout, looked.stdout + looked.stderr
     assert list(compute.vms.values()) == [vm]  # --dry-run deletes nothing
     while compute.vms:  # Compute Engine itself deletes the VM when its time is up
