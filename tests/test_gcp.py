@@ -539,3 +539,43 @@ def test_an_image_the_registry_lacks_ends_the_startup_saying_what_to_check(docke
     finally:
         backend.teardown(handle)
     assert compute.vms == {}
+
+
+@pytest.mark.slow
+def test_a_worker_killed_on_its_vm_fails_the_trial_leaves_no_vm_and_a_rerun_resumes(
+        compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
+    """The fault table's worker column on gcp: the train worker SIGKILLed on the VM (the OOM killer, a crash of the
+    simulator's native code) fails the run naming the signal; the VM is deleted; the same spec again resumes on a new
+    VM from the checkpoint to exactly the budget."""
+    import psutil
+
+    spec = _spec(gcs, compute)
+    spec.update(budget={"timesteps": 4096}, checkpoint={"every_timesteps": 512})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    store = open_run(config.resolve(spec).storage)
+    env = _run_env(compute, run_stack, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not store.list("checkpoints/"):  # training is under way on the VM
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        workers = [p for p in psutil.process_iter(["cmdline"])
+                   if p.info["cmdline"] and p.info["cmdline"][-3:] == ["worker", "train", store.uri]]
+        assert len(workers) == 1, workers
+        workers[0].kill()
+        said = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, said
+    assert "failed: the train worker was killed by SIGKILL (exit code -9)" in said, said
+    assert compute.vms == {}, "the VM outlived its failed trial"
+    rerun = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert store.read_json("status.json")["timesteps"] == 4096
+    assert "resuming from the checkpoint at" in store.read_bytes("worker.log").decode()  # not from scratch
+    assert compute.vms == {}
