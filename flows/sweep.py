@@ -178,7 +178,8 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
         spec_file: Path (relative to the deployment's working directory) or URI of a spec YAML file.
         overrides: Changes on top of the spec, each `dotted.path=value`, as `gymflow sweep --set`.
         globals_files: Globals YAML files for `${name}` substitution, as `gymflow sweep --globals`.
-        max_parallel: Trials running at once; default: the spec's `sweep.max_parallel`, else one per CPU core.
+        max_parallel: Trials running at once; default: the spec's `sweep.max_parallel`, else one per CPU core
+            (all of them where each trial runs on a machine of its own, backend gcp).
         dask_address: A running Dask scheduler (tcp://host:port); default: the spec's, else a local cluster.
         runner: `dask`, or `threads` to run the trials in threads of this process; default: threads where the trials
             work on machines of their own (backend gcp) and no Dask scheduler is named, else dask.

@@ -325,7 +325,8 @@ class SweepSpec(_Model):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted spec path -> values; every combination runs.")
     random: RandomSearch | None = Field(None, description="Random search, crossed with the grid.")
     seeds: list[int] = Field(default_factory=list, description="Seeds, crossed with the rest (default: the spec's seed).")
-    max_parallel: int | None = Field(None, ge=1, le=1024, description="Trials at once (default: the Dask workers' count).")
+    max_parallel: int | None = Field(None, ge=1, le=1024, description="Trials at once (default: the Dask workers' "
+                                     "count; all of them on a backend with a VM per trial).")
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (or GYMFLOW_DASK_ADDRESS); default: a local cluster.")
 
     @field_validator("grid")
