@@ -53,18 +53,16 @@ def measure(workload: str, device: str, threads: int, steps: int) -> dict[str, f
 
 
 def gymflow_pick(workload: str, cuda: bool) -> tuple[str, int]:
-    """The device and CPU threads gymflow would give this workload here."""
-    import torch
+    """The device and CPU threads gymflow gives this workload here (its own rules, on the model built once)."""
+    from stable_baselines3 import PPO, SAC
 
-    from gymflow.runtime.algorithms import MLP_MAX_THREADS, SMALL_NET_WIDTH
-    from gymflow.runtime.devices import choose, widest
+    from gymflow.runtime.algorithms import fit_threads
+    from gymflow.runtime.devices import choose
     from gymflow.spec import AlgorithmSpec
 
-    algo = AlgorithmSpec.model_validate({"name": workload})
-    device = choose("auto", algo, "MlpPolicy", cuda).device
-    width = widest(algo)
-    threads = 1 if width <= SMALL_NET_WIDTH else min(MLP_MAX_THREADS, torch.get_num_threads())
-    return device, threads
+    device = choose("auto", AlgorithmSpec.model_validate({"name": workload}), "MlpPolicy", cuda).device
+    model = PPO("MlpPolicy", "CartPole-v1", device="cpu") if workload == "ppo" else SAC("MlpPolicy", "Pendulum-v1", device="cpu")
+    return device, fit_threads(model, "cpu")
 
 
 def main() -> None:

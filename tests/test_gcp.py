@@ -200,11 +200,10 @@ def test_a_trial_runs_all_six_phases_on_vms_and_a_preempted_one_is_replaced_resu
     spec = _spec(gcs, compute, spot=True, gymflow_install="wheel")
     spec.update(budget={"timesteps": 8192}, checkpoint={"every_timesteps": 1024},
                 evaluation={"every_timesteps": 4096, "episodes": 1})
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _written(spec, tmp_path)
     resolved = config.resolve(spec)
     store = open_run(resolved.storage)
-    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=_run_env(compute, run_stack, tmp_path),
+    proc = subprocess.Popen(_command("run", str(path)), cwd=ROOT, env=_run_env(compute, run_stack, tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -253,6 +252,21 @@ def _run_env(compute: FakeCompute, stack: Stack, tmp_path: Path) -> dict[str, st
     return env
 
 
+def _written(spec: dict[str, Any], tmp_path: Path, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gymflow", *args]
+
+
+def _gymflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`gymflow ARGS` as a user runs it, to its end."""
+    return subprocess.run(_command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_polling_many_trials_costs_one_list_call_per_interval(compute: FakeCompute, gcs: str) -> None:
     backend, _ = _backend(_spec(gcs, compute, poll_s=30))
     handles = []
@@ -279,10 +293,7 @@ def test_polling_many_trials_costs_one_list_call_per_interval(compute: FakeCompu
 def test_a_worker_that_never_starts_fails_the_train_task_with_the_serial_console(
         compute: FakeCompute, gcs: str, run_stack: Stack, tmp_path: Path) -> None:
     spec = _spec(gcs, compute, packages=["gymflow-no-such-package-anywhere==0.0.1"], startup_grace_s=15)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
-                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    done = _gymflow(_run_env(compute, run_stack, tmp_path), "run", str(_written(spec, tmp_path)))
     said = done.stdout + done.stderr
     assert done.returncode == 1, said
     assert "the train worker wrote no status within 15 s of its launch" in said
@@ -385,10 +396,7 @@ def test_a_sweep_estimate_counts_parallel_vms_spot_replacements_and_names_an_unp
 def test_permission_denied_exits_2_with_one_message_and_creates_nothing(compute: FakeCompute, gcs: str, run_stack: Stack,
                                                                         tmp_path: Path) -> None:
     compute.deny_create = True
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(_spec(gcs, compute), sort_keys=False))
-    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
-                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    done = _gymflow(_run_env(compute, run_stack, tmp_path), "run", str(_written(_spec(gcs, compute), tmp_path)))
     said = done.stdout + done.stderr
     assert done.returncode == 2, said
     assert "backend: permission denied creating a VM" in said and "roles/compute.instanceAdmin.v1" in said
@@ -419,10 +427,7 @@ def test_a_sweep_runs_its_trials_as_parallel_vms_up_to_max_parallel(compute: Fak
     """`gymflow sweep` with backend gcp: the sweep flow follows the VMs from threads, two at a time, and compares."""
     spec = _spec(gcs, compute)
     spec["sweep"] = {"seeds": [0, 1, 2], "max_parallel": 2}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    done = subprocess.run([sys.executable, "-m", "gymflow", "sweep", "--verbose", str(path)], cwd=ROOT,
-                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    done = _gymflow(_run_env(compute, run_stack, tmp_path), "sweep", "--verbose", str(_written(spec, tmp_path, "sweep.yaml")))
     said = done.stdout + done.stderr
     assert done.returncode == 0, said
     assert len(compute.calls("POST", r"/instances$")) == 3 and compute.peak == 2, said  # a VM per trial, two at a time
@@ -441,12 +446,11 @@ def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_dele
     compute.time_scale = 0.1  # the VM's 300 s maxRunDuration runs out after 30 s here
     spec = _spec(gcs, compute, max_run_duration=300)
     spec.update(budget={"timesteps": 200_000})
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _written(spec, tmp_path)
     store = open_run(config.resolve(spec).storage)
     env = _run_env(compute, run_stack, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_command("run", str(path)), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (store.exists("status.json") and store.read_json("status.json").get("phase") == "train"):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -455,8 +459,7 @@ def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_dele
     proc.wait()
     [vm] = compute.vms.values()
     assert vm.body["scheduling"]["maxRunDuration"] == {"seconds": "300"}
-    looked = subprocess.run([sys.executable, "-m", "gymflow", "gc", "--backend", "gcp", "--spec", str(path), "--dry-run"],
-                            cwd=ROOT, env={**env, "COLUMNS": "2000"}, capture_output=True, text=True, timeout=300)
+    looked = _gymflow({**env, "COLUMNS": "2000"}, "gc", "--backend", "gcp", "--spec", str(path), "--dry-run", timeout=300)
     assert looked.returncode == 0 and "would delete the VM" in looked.stdout, looked.stdout + looked.stderr
     assert list(compute.vms.values()) == [vm]  # --dry-run deletes nothing
     while compute.vms:  # Compute Engine itself deletes the VM when its time is up
@@ -471,14 +474,11 @@ def test_an_exception_in_each_phase_leaves_no_vm(compute: FakeCompute, gcs: str,
     no VM; a failing teardown task is done directly; the last run completes and leaves none either."""
     spec = _spec(gcs, compute)
     spec["backend"]["kind"] = "fault_backends:FaultyGcpBackend"
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _written(spec, tmp_path)
     env = _run_env(compute, run_stack, tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     for phase in ["provision", "setup", "train", "evaluate", "store", "teardown"]:
-        done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
-                              env={**env, "GYMFLOW_TEST_FAULT": f"raise@{phase}"}, capture_output=True, text=True,
-                              timeout=600)
+        done = _gymflow({**env, "GYMFLOW_TEST_FAULT": f"raise@{phase}"}, "run", str(path))
         said = done.stdout + done.stderr
         if phase == "teardown":
             assert done.returncode == 0 and "the teardown task did not complete; tearing down directly" in said, said
@@ -509,10 +509,7 @@ def test_a_trial_runs_its_worker_in_the_container_image(docker_on_vms: FakeCompu
                                                        tmp_path: Path) -> None:
     compute = docker_on_vms
     spec = _spec(gcs, compute, container_image=IMAGE_IN_REGISTRY)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    done = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT,
-                          env=_run_env(compute, run_stack, tmp_path), capture_output=True, text=True, timeout=600)
+    done = _gymflow(_run_env(compute, run_stack, tmp_path), "run", str(_written(spec, tmp_path)))
     said = done.stdout + done.stderr
     assert done.returncode == 0, said
     name = f"gf-{(config.resolve(spec).trial_id or '').lower()}-0"
@@ -551,12 +548,11 @@ def test_a_worker_killed_on_its_vm_fails_the_trial_leaves_no_vm_and_a_rerun_resu
 
     spec = _spec(gcs, compute)
     spec.update(budget={"timesteps": 4096}, checkpoint={"every_timesteps": 512})
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = _written(spec, tmp_path)
     store = open_run(config.resolve(spec).storage)
     env = _run_env(compute, run_stack, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_command("run", str(path)), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         while not store.list("checkpoints/"):  # training is under way on the VM
@@ -573,8 +569,7 @@ def test_a_worker_killed_on_its_vm_fails_the_trial_leaves_no_vm_and_a_rerun_resu
     assert proc.returncode == 1, said
     assert "failed: the train worker was killed by SIGKILL (exit code -9)" in said, said
     assert compute.vms == {}, "the VM outlived its failed trial"
-    rerun = subprocess.run([sys.executable, "-m", "gymflow", "run", str(path)], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+    rerun = _gymflow(env, "run", str(path))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert store.read_json("status.json")["timesteps"] == 4096
     assert "resuming from the checkpoint at" in store.read_bytes("worker.log").decode()  # not from scratch

@@ -59,13 +59,12 @@ _computes: dict[tuple[str | None, str | None, str | None], Any] = {}
 _computes_lock = threading.Lock()
 
 
-def _idle_gpu(trial: Spec) -> str | None:
-    """A warning when the trial's machine type carries a GPU that its training will not use."""
+def _idle_gpu(trial: Spec, s: GcpBackendSpec) -> str | None:
+    """A warning when the trial's machine type (its settings `s`) carries a GPU that its training will not use."""
     from backends.gcp import prices
     from gymflow import buildcheck
     from gymflow.runtime.devices import choose
 
-    s = GcpBackendSpec.model_validate(trial.backend.model_dump(mode="json"))
     policy = buildcheck.policy(trial.env, trial.algorithm)  # what validate's build check built
     if not _gpu_machine(s) or policy is None:
         return None
@@ -124,10 +123,11 @@ class GcpBackend(Backend):
     def notes(self, trials: list[Spec], max_parallel: int | None) -> list[str]:
         """What the trials' VMs cost: per hour, and at most (every VM running until its max_run_duration)."""
         from backends.gcp import prices
+        from backends.registry import settings_for
 
+        settings: list[GcpBackendSpec] = [settings_for(type(self), t) for t in trials]  # type: ignore[misc]
         hourly, ceiling, missing, machines = [], 0.0, set(), set()
-        for trial in trials:
-            s = GcpBackendSpec.model_validate(trial.backend.model_dump(mode="json"))
+        for s in settings:
             estimate = prices.hourly(s.machine_type, s.accelerator_type, s.accelerator_count, s.spot, s.boot_disk_gb)
             if estimate.per_hour is None:
                 missing.add(estimate.missing or "")
@@ -138,7 +138,7 @@ class GcpBackend(Backend):
             gpu = f" + {s.accelerator_count}x {s.accelerator_type}" if s.accelerator_type else ""
             machines.add(f"{s.machine_type}{gpu}{' spot' if s.spot else ''}, {s.boot_disk_gb} GB disk, deleted after "
                          f"{s.max_run_duration}{f'; replaced up to {s.max_preemptions} times if preempted' if s.spot else ''}")
-        idle = list(dict.fromkeys(n for n in (_idle_gpu(t) for t in trials) if n))
+        idle = list(dict.fromkeys(n for n in (_idle_gpu(t, s) for t, s in zip(trials, settings)) if n))
         if missing:
             return [f"cost: no price on record for {', '.join(sorted(missing))}; see {prices.SOURCE}", *idle]
         source = f"[an estimate from list prices for {prices.REGION} as of {prices.AS_OF}, shipped with gymflow; not a bill]"

@@ -16,13 +16,15 @@ import shlex
 
 from backends.gcp.settings import GcpBackendSpec
 
-TEMPLATE = """#!/bin/bash
-# gymflow {version}: the worker's agent for trial {trial_id}
-set -uo pipefail
-RUN_URI={run_uri}
+PRELUDE = """set -uo pipefail
 PY="$(command -v python3 || command -v python)"
 say() {{ echo "gymflow-startup: $*"; }}
 fail() {{ say "FAILED: $*"; exit 1; }}
+"""
+
+TEMPLATE = """#!/bin/bash
+# gymflow {version}: the worker's agent for trial {trial_id}
+""" + PRELUDE + """RUN_URI={run_uri}
 [ -n "$PY" ] || fail "no python3 on the image; use an image with Python 3.10+ (the default Deep Learning VM image has it)"
 {install}
 "$PY" -c "import gymflow" 2>/dev/null || fail "gymflow does not import on this image: $("$PY" -c 'import gymflow' 2>&1 | tail -1)"
@@ -57,19 +59,14 @@ else
 fi
 """
 
-DOWNLOAD = """  where="$(mktemp -d)"
-  fetch {wheel_uri} "$where/{filename}" || fail "could not download {wheel_uri}: the VM's service account needs storage.objects.get on the bucket"
+DOWNLOAD = """  fetch {wheel_uri} "$where/{filename}" || fail "could not download {wheel_uri}: the VM's service account needs storage.objects.get on the bucket"
 """
 
 # backend.container_image: the VM (its image must have Docker; the default Deep Learning VM image does, with NVIDIA's
 # container toolkit) pulls the image and runs the worker's agent in it; the same install steps run inside
 CONTAINER = """#!/bin/bash
 # gymflow {version}: the worker's agent for trial {trial_id}, in the container {image}
-set -uo pipefail
-IMAGE={image_q}
-PY="$(command -v python3 || command -v python)"
-say() {{ echo "gymflow-startup: $*"; }}
-fail() {{ say "FAILED: $*"; exit 1; }}
+""" + PRELUDE + """IMAGE={image_q}
 command -v docker >/dev/null || fail "no docker on the VM image: backend.container_image needs an image with Docker (the default Deep Learning VM image has it)"
 where="$(mktemp -d)"
 {download}registry="${{IMAGE%%/*}}"
@@ -101,7 +98,8 @@ def script(settings: GcpBackendSpec, run_uri: str, trial_id: str, version: str, 
             install += INSTALL.format(build=build, wheel_uri=shlex.quote(uri), filename=filename, get='  where=/gymflow-in\n')
         else:
             install += FETCH.format() + INSTALL.format(build=build, wheel_uri=shlex.quote(uri), filename=filename,
-                                              get=DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename))
+                                              get='  where="$(mktemp -d)"\n' +
+                                              DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename))
     if settings.packages:
         install += PACKAGES.format(packages=" ".join(settings.packages),
                                   quoted=" ".join(shlex.quote(p) for p in settings.packages))
@@ -112,7 +110,7 @@ def script(settings: GcpBackendSpec, run_uri: str, trial_id: str, version: str, 
     if wheel is not None:
         uri, filename, _ = wheel
         download = (FETCH.format() + '[ -n "$PY" ] || fail "no python3 on the VM image to download gymflow\'s wheel with"\n'
-                    + DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename).replace('  where="$(mktemp -d)"\n', ""))
+                    + DOWNLOAD.format(wheel_uri=shlex.quote(uri), filename=filename))
     return CONTAINER.format(
         version=version, trial_id=trial_id, image=image, image_q=shlex.quote(image), download=download, gpus="--gpus all " if gpu else "",
         inner=shlex.quote(agent))
