@@ -520,22 +520,35 @@ def test_a_trial_runs_its_worker_in_the_container_image(docker_on_vms: FakeCompu
     assert compute.vms == {}
 
 
-def test_an_image_the_registry_lacks_ends_the_startup_saying_what_to_check(docker_on_vms: FakeCompute, gcs: str) -> None:
-    compute = docker_on_vms
-    backend, spec = _backend(_spec(gcs, compute, container_image="us-docker.pkg.dev/gymflow-test/sims/nope:1"))
-    handle = backend.provision(spec)
+def _startup_failure(compute: FakeCompute, gcs: str, **backend: Any) -> str:
+    """The serial console of a VM whose startup script failed; the VM is torn down."""
+    vms, spec = _backend(_spec(gcs, compute, **backend))
+    handle = vms.provision(spec)
     try:
         serial = compute.folder / f"serial-{handle.data['vm']}.log"
         deadline = time.monotonic() + 60
         while "FAILED" not in (serial.read_text() if serial.exists() else ""):
             assert time.monotonic() < deadline, serial.read_text() if serial.exists() else "no serial console"
             time.sleep(0.2)
-        assert ("gymflow-startup: FAILED: docker could not pull us-docker.pkg.dev/gymflow-test/sims/nope:1: check "
-                "backend.container_image, and that the VM's service account may read it (roles/artifactregistry.reader)"
-                ) in serial.read_text()
+        return serial.read_text()
     finally:
-        backend.teardown(handle)
-    assert compute.vms == {}
+        vms.teardown(handle)
+        assert compute.vms == {}
+
+
+def test_an_image_the_registry_lacks_ends_the_startup_saying_what_to_check(docker_on_vms: FakeCompute, gcs: str) -> None:
+    said = _startup_failure(docker_on_vms, gcs, container_image="us-docker.pkg.dev/gymflow-test/sims/nope:1")
+    assert ("gymflow-startup: FAILED: docker could not pull us-docker.pkg.dev/gymflow-test/sims/nope:1: check "
+            "backend.container_image, and that the VM's service account may read it (roles/artifactregistry.reader)"
+            ) in said
+
+
+def test_a_container_image_on_a_vm_image_without_docker_says_so(compute: FakeCompute, gcs: str) -> None:
+    path = compute.vm_env["PATH"].split(os.pathsep)  # a VM image without Docker (this machine may have its CLI)
+    compute.vm_env["PATH"] = os.pathsep.join(d for d in path if not (Path(d) / "docker").exists())
+    said = _startup_failure(compute, gcs, container_image=IMAGE_IN_REGISTRY)
+    assert ("gymflow-startup: FAILED: no docker on the VM image: backend.container_image needs an image with Docker "
+            "(the default Deep Learning VM image has it)") in said
 
 
 @pytest.mark.slow
