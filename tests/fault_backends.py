@@ -150,10 +150,15 @@ def _inject(handle: Handle, phase: Phase | str) -> None:
             except (OSError, ValueError):
                 pass
     if kind == "pause":
-        (run_dir / f"fault-paused-{phase}").touch()
-        deadline = time.monotonic() + 300
-        while not (run_dir / f"fault-resume-{phase}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _pause(run_dir, phase)
+
+
+def _pause(folder: Path, phase: str) -> None:
+    """Wait, with `fault-paused-PHASE` in folder, until the test writes `fault-resume-PHASE` there (5 min at most)."""
+    (folder / f"fault-paused-{phase}").touch()
+    deadline = time.monotonic() + 300
+    while not (folder / f"fault-resume-{phase}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -167,25 +172,26 @@ class FaultyGcpSettings(GcpBackendSpec):
 
 
 class FaultyGcpBackend(GcpBackend):
-    """The gcp backend with GYMFLOW_TEST_FAULT=raise@PHASE: a BackendError in that phase, with the trial's VM up
-    (provision raises after creating it; train and evaluate once the phase's launch runs on the VM)."""
+    """The gcp backend with GYMFLOW_TEST_FAULT=raise@PHASE (a BackendError in that phase) or pause@PHASE (the phase
+    waits, its markers in GYMFLOW_TEST_FAULT_DIR: the run dir is in a bucket), with the trial's VM up: provision
+    after creating it; train and evaluate once the phase's launch runs on the VM."""
 
     name: ClassVar[str] = "faulty-gcp"
     Settings = FaultyGcpSettings
 
     def _provision(self, spec: Spec) -> Handle:
         handle = super()._provision(spec)
-        _raise_in("provision")
+        _fault_in("provision")
         return handle
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
         super()._setup(handle, spec)
-        _raise_in("setup")
+        _fault_in("setup")
 
     def _poll(self, handle: Handle, phase: Phase) -> WorkerState:
         state = super()._poll(handle, phase)
         if state.running:
-            _raise_in(phase)
+            _fault_in(phase)
         return state
 
     def store(self, handle: Handle) -> Any:
@@ -193,16 +199,20 @@ class FaultyGcpBackend(GcpBackend):
 
         context = TaskRunContext.get()
         if context is not None and context.task.name == "store":
-            _raise_in("store")
+            _fault_in("store")
         return super().store(handle)
 
     def _teardown(self, handle: Handle) -> None:
-        _raise_in("teardown")
+        _fault_in("teardown")
         super()._teardown(handle)
 
 
-def _raise_in(phase: str) -> None:
+def _fault_in(phase: str) -> None:
     kind, _, phases = os.environ.get(FAULT_ENV, "").partition("@")
-    if kind == "raise" and phase in phases.split(",") and ("raise", phase) not in _fired:
-        _fired.add(("raise", phase))
+    if phase not in phases.split(",") or (kind, phase) in _fired:
+        return
+    _fired.add((kind, phase))
+    if kind == "raise":
         raise BackendError(f"injected failure in {phase}")
+    if kind == "pause":
+        _pause(Path(os.environ["GYMFLOW_TEST_FAULT_DIR"]), phase)

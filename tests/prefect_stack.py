@@ -70,6 +70,28 @@ class Stack:
             proc.kill()
             proc.wait()
 
+    def restart_at_each(self, proc: subprocess.Popen[str], markers: Path, phases: list[str]) -> str:
+        """Restart the server in each phase of proc's run, paused there by tests/fault_backends.py (pause@PHASES):
+        once `fault-paused-PHASE` is in markers, stop the server, let the phase go on while it is down, start it
+        again on the same database. Returns the run's output; kills the run if anything goes wrong."""
+        try:
+            for phase in phases:
+                deadline = time.monotonic() + 300
+                while not (markers / f"fault-paused-{phase}").exists():
+                    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                    assert time.monotonic() < deadline, f"the run never reached {phase}"
+                    time.sleep(0.1)
+                self.stop_server()
+                (markers / f"fault-resume-{phase}").touch()
+                time.sleep(2)
+                self.start_server()
+            return proc.communicate(timeout=600)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if not self.procs or self.procs[0].poll() is not None:
+                self.start_server()
+
     def start_worker(self) -> None:
         log = (self.folder / "worker.log").open("ab")
         self.procs.append(subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,

@@ -9,7 +9,7 @@ from typing import Any
 from prefect_stack import Stack
 
 
-def flow_runs(stack: Stack, run: Path) -> list[Any]:
+def flow_runs(stack: Stack, run: Path | str) -> list[Any]:
     """The trial flow runs on this run dir, oldest first (tests share a server and their trials share ids)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -162,23 +162,7 @@ def test_the_prefect_server_restarted_in_each_phase(stack: Stack, tmp_path: Path
     proc = subprocess.Popen([sys.executable, "-m", "gymflow", "run", str(tmp_path / "spec.yaml")], cwd=ROOT,
                             env=_env(stack, tmp_path, "pause@" + ",".join(PHASES)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        for phase in PHASES:
-            deadline = time.monotonic() + 300
-            while not (run / f"fault-paused-{phase}").exists():
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, f"the run never reached {phase}"
-                time.sleep(0.1)
-            stack.stop_server()
-            (run / f"fault-resume-{phase}").touch()  # the phase goes on while the server is down
-            time.sleep(2)
-            stack.start_server()
-        said = proc.communicate(timeout=600)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if not stack.procs or stack.procs[0].poll() is not None:
-            stack.start_server()
+    said = stack.restart_at_each(proc, run, PHASES)  # the phase goes on while the server is down
     assert proc.returncode == 0, said
     flows = _assert_completed_and_true(stack, tmp_path, said)
     assert [f.state.type.value for f in flows] == ["COMPLETED"]

@@ -587,3 +587,29 @@ def test_a_worker_killed_on_its_vm_fails_the_trial_leaves_no_vm_and_a_rerun_resu
     assert store.read_json("status.json")["timesteps"] == 4096
     assert "resuming from the checkpoint at" in store.read_bytes("worker.log").decode()  # not from scratch
     assert compute.vms == {}
+
+
+@pytest.mark.slow
+def test_the_prefect_server_restarted_in_each_phase_leaves_no_vm(compute: FakeCompute, gcs: str, run_stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    """The fault table's server column on gcp: in each phase, with the VM up, the Prefect server goes down and comes
+    back on its database; the trial rides it out: completed to its budget, every phase recorded, no VM left."""
+    from records import flow_runs, task_runs
+
+    phases = ["provision", "setup", "train", "evaluate", "store", "teardown"]
+    spec = _spec(gcs, compute)
+    spec["backend"]["kind"] = "fault_backends:FaultyGcpBackend"
+    path = _written(spec, tmp_path)
+    resolved = config.resolve(spec)
+    env = _run_env(compute, run_stack, tmp_path)
+    env.update(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]),
+               GYMFLOW_TEST_FAULT="pause@" + ",".join(phases), GYMFLOW_TEST_FAULT_DIR=str(tmp_path))
+    proc = subprocess.Popen(_command("run", str(path)), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said = run_stack.restart_at_each(proc, tmp_path, phases)
+    assert proc.returncode == 0, said
+    assert compute.vms == {}, "a VM outlived its trial"
+    assert open_run(resolved.storage).read_json("status.json")["timesteps"] == resolved.budget.timesteps
+    (flow,) = flow_runs(run_stack, resolved.storage)
+    assert flow.state.type.value == "COMPLETED"
+    assert task_runs(run_stack, flow.id) == {phase: ["COMPLETED"] for phase in phases}
