@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +28,8 @@ REFUSED = phases.REFUSED  # the name of a Failed state for input refused before 
 
 
 def run_name(spec: Spec) -> str:
-    """<experiment>-<algo>-<env>-seed<seed>-<short id>."""
-    env = re.sub(r"[^A-Za-z0-9]+", "-", spec.env.id.split(":")[-1]).strip("-").lower()
-    short = (spec.trial_id or "").rsplit("-", 1)[-1][:6]
-    return f"{spec.name}-{spec.algorithm.name}-{env}-seed{spec.seed}-{short}"
+    """<experiment>-<algo>-<env>-seed<seed>-<short id> (Spec.run_name)."""
+    return spec.run_name
 
 
 def _flow_run_name() -> str:

@@ -410,3 +410,10 @@ class Spec(_Model):
     def experiment(self) -> str:
         """The MLflow experiment name."""
         return self.tracking.experiment or self.name
+
+    @property
+    def run_name(self) -> str:
+        """The trial's name in Prefect, MLflow and a cloud's console: <name>-<algo>-<env>-seed<seed>-<short id>."""
+        env = re.sub(r"[^A-Za-z0-9]+", "-", self.env.id.split(":")[-1]).strip("-").lower()
+        short = (self.trial_id or "").rsplit("-", 1)[-1][:6]
+        return f"{self.name}-{self.algorithm.name}-{env}-seed{self.seed}-{short}"

@@ -164,7 +164,7 @@ def test_a_run_dir_of_another_trial_is_refused_naming_the_fields(cli: Any, write
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--older-than", "soon"], "--older-than 'soon': give a duration such as 90s, 30m, 6h or 2d"),
-    (["--backend", "aws"], "--backend 'aws': not a backend; use one of gcp, local"),
+    (["--backend", "aws"], "--backend 'aws': not a backend; use one of azure, gcp, local"),
 ])
 def test_gc_refuses_bad_options_before_looking_at_anything(cli: Any, args: list[str], message: str) -> None:
     result = cli("gc", *args)

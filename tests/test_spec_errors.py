@@ -57,7 +57,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("action_space_mismatch", _with("env.id", "Pendulum-v1", _with("algorithm", {"name": "dqn"})),
      "algorithm.name: dqn supports Discrete action spaces; Pendulum-v1 has Box. Pick another algorithm"),
     ("bad_vectorization", _with("env.vectorization", "threads"), "env.vectorization: must be one of 'dummy' or 'subprocess', got 'threads'"),
-    ("unknown_backend_kind", _with("backend", {"kind": "aws"}), "backend.kind: unknown backend 'aws'. Registered: gcp, local"),
+    ("unknown_backend_kind", _with("backend", {"kind": "aws"}), "backend.kind: unknown backend 'aws'. Registered: azure, gcp, local"),
     ("backend_setting_unknown", _with("backend", {"kind": "local", "heartbeat_timout_s": 3}),
      "backend.heartbeat_timout_s: unknown field. Did you mean 'heartbeat_timeout_s'?"),
     ("backend_class_missing", _with("backend", {"kind": "fault_backends:NoSuchBackend"}),

@@ -363,5 +363,5 @@ def test_cancelling_a_running_trial_stops_the_worker_and_tears_down(tmp_path: Pa
 def test_unknown_backend_is_a_spec_error_before_anything_runs(tmp_path: Path, cli: Any, write_spec: Any) -> None:
     result = cli("run", write_spec(base_spec(backend={"kind": "lokal"})))
     assert result.code == 2
-    assert "backend.kind: unknown backend 'lokal'. Did you mean 'local'? Registered: gcp, local" in result.stderr
+    assert "backend.kind: unknown backend 'lokal'. Did you mean 'local'? Registered: azure, gcp, local" in result.stderr
     assert not (tmp_path / "runs").exists()

@@ -16,6 +16,7 @@ import time
 from typing import Any, ClassVar
 
 from backends.base import Backend, Features, Handle, Machine, Phase, Timing, WorkerState
+from backends.board import Board
 from backends.gcp.settings import GcpBackendSpec
 from gymflow import agent
 from gymflow.errors import Problem
@@ -37,24 +38,7 @@ def vm_name(trial_id: str, attempt: int) -> str:
     return f"gf-{slug}-{attempt}"
 
 
-class _Board:
-    """The status of every gymflow VM, from one aggregated list per poll interval, shared by this process's trials."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.at = float("-inf")
-        self.status: dict[str, str] = {}
-
-    def of(self, compute: Any, name: str, created_at: float, max_age_s: float) -> str | None:
-        with self.lock:
-            stale = time.monotonic() - self.at > max_age_s
-            if stale or (name not in self.status and self.at < created_at):  # listed before this VM existed
-                self.status = {vm.name: vm.status for vm in compute.managed()}
-                self.at = time.monotonic()
-            return self.status.get(name)
-
-
-_board = _Board()
+_board = Board()
 _computes: dict[tuple[str | None, str | None, str | None], Any] = {}
 _computes_lock = threading.Lock()
 
@@ -252,7 +236,8 @@ class GcpBackend(Backend):
         if reported is not None and reported.state == "exited":
             return WorkerState(running=False, exit_code=reported.exit_code)
         name = handle.data["vm"]
-        status = _board.of(self.compute, name, handle.data.get("created_at", 0.0), self.timing().poll_s)
+        status = _board.of(lambda: {vm.name: vm.status for vm in self.compute.managed()}, name,
+                           handle.data.get("created_at", 0.0), self.timing().poll_s)
         if status is None or status in ("TERMINATED", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED"):
             return WorkerState(running=False, detail=f"VM {name} is {'gone' if status is None else status}", lost=True)
         return WorkerState(running=True, detail=status)
