@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -206,3 +207,12 @@ def az_bucket(azurite_connection: str, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"az://{ACCOUNT}/gymflow-test-{uuid.uuid4().hex[:10]}"
     assert AzureRunStore(uri).create_container() is True
     return uri
+
+
+@pytest.fixture(scope="session")
+def vm_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake VMs' and jobs' Python: a virtual environment over this one's packages, so what a startup script
+    installs (gymflow's wheel) lands there, as on a VM's image, and never in the environment the tests run in."""
+    folder = tmp_path_factory.mktemp("vm-image") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(folder)], check=True, timeout=300)
+    return folder / "bin"

@@ -43,9 +43,16 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def gymflow(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gymflow", *args], cwd=ROOT, env=self.env,
+    def gymflow(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        """`gymflow ARGS` against this server, to its end; `env`: more environment (a cloud's stand-ins)."""
+        return subprocess.run([sys.executable, "-m", "gymflow", *args], cwd=ROOT, env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=timeout)
+
+    def start_gymflow(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """`gymflow ARGS` against this server, running; its output (stdout and stderr) in one pipe."""
+        return subprocess.Popen([sys.executable, "-m", "gymflow", *args], cwd=ROOT, env={**self.env, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def start_server(self) -> None:
         """`prefect server start` on this stack's port and state; returns once it answers."""

@@ -28,13 +28,15 @@ IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 
 
 @pytest.fixture
-def aml(tmp_path: Path, az_bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzureML]:
-    """The stand-in, with DefaultAzureCredential and MLClient pointed at it. Its jobs see Azurite through the
-    connection string (on Azure a job reaches its storage as the cluster's managed identity; Azurite takes OAuth
-    over HTTPS only)."""
+def aml(tmp_path: Path, az_bucket: str, vm_python: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzureML]:
+    """The stand-in, with DefaultAzureCredential and MLClient pointed at it. Its jobs run in the fake image's Python
+    and see Azurite through the connection string (on Azure a job reaches its storage as the cluster's managed
+    identity; Azurite takes OAuth over HTTPS only)."""
     from backends.azure import backend as azure_backend
 
-    with FakeAzureML(tmp_path / "aml", dict(os.environ)) as fake:
+    job_env = {**os.environ, "PATH": f"{vm_python}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "true"}
+    job_env.pop("VIRTUAL_ENV", None)
+    with FakeAzureML(tmp_path / "aml", job_env) as fake:
         for key, value in fake.credential_env().items():
             monkeypatch.setenv(key, value)
         for key in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
@@ -93,3 +95,60 @@ def test_a_trial_runs_as_a_job_with_what_the_spec_asks_for_and_teardown_cancels_
     backend.teardown(handle)
     assert aml.active() == []
     backend.teardown(handle)  # idempotent
+
+
+def _run_env(aml: FakeAzureML, tmp_path: Path) -> dict[str, str]:
+    """What `gymflow run` needs on top of the Prefect stack: DefaultAzureCredential's managed identity and MLClient's
+    endpoint (the stand-in), the blob account (Azurite), an MLflow store."""
+    return {**aml.credential_env(), "AZURE_STORAGE_CONNECTION_STRING": os.environ["AZURE_STORAGE_CONNECTION_STRING"],
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "GYMFLOW_HOME": str(tmp_path / "home")}
+
+
+@pytest.mark.slow
+def test_all_six_phases_in_jobs_and_a_preempted_job_is_resubmitted_resuming_to_exactly_the_budget(
+        aml: FakeAzureML, az_bucket: str, run_stack: Stack, write_spec: Any, tmp_path: Path) -> None:
+    """The whole path: cluster -> job (gymflow's wheel installed in it) -> agent -> worker -> az:// run dir ->
+    orchestrator; the low-priority job's node is reclaimed during training, a second job resumes from the
+    checkpoint; no job is left running."""
+    spec = _spec(az_bucket, tier="low_priority", gymflow_install="wheel")
+    spec.update(budget={"timesteps": 8192}, checkpoint={"every_timesteps": 1024},
+                evaluation={"every_timesteps": 4096, "episodes": 1})
+    path = write_spec(spec)
+    resolved = config.resolve(spec)
+    store = open_run(resolved.storage)
+    proc = run_stack.start_gymflow("run", str(path), env=_run_env(aml, tmp_path))
+    try:
+        deadline = time.monotonic() + 300
+        while not store.list("checkpoints/"):  # training is under way in the first job
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        (first,) = aml.active()
+        aml.preempt(first.name)
+        said = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, said
+    assert f"job {first.name} ended Failed: the low-priority node running this job was preempted during train: " \
+           "replacing it (1 of at most 3)" in said, said
+    assert store.read_json("status.json")["timesteps"] == 8192  # resumed from the checkpoint, exactly the budget
+    assert "resuming from the checkpoint at" in store.read_bytes("worker.log").decode()
+    assert aml.active() == [], "a job outlived its trial"
+    jobs = list(aml.jobs.values())
+    assert len(jobs) == 2 and jobs[1].status == "Canceled"  # the second, cancelled at teardown
+    second = jobs[1].log.read_text()
+    assert "gymflow-job: gymflow build" in second and "is installed already" in second  # the first job installed it
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.tags["gymflow.preemptions"] == "1"
+    assert store.read_json("eval.json")["n_episodes"] >= 1
+    from gymflow import shipping
+
+    wheel = shipping.wheel()  # the exact gymflow of the orchestrator went to the job
+    account, container = az_bucket[len("az://"):].split("/")[:2]
+    assert open_run(f"az://{account}/{container}/.gymflow/wheels/{wheel.build}").exists(wheel.filename)
+    # the credentials' token appears nowhere: not in what was said, the jobs' logs, the run dir, MLflow
+    from fake_azureml import TOKEN
+
+    assert TOKEN not in said and all(TOKEN not in j.log.read_text() for j in jobs)
+    assert all(TOKEN.encode() not in store.read_bytes(rel) for rel in store.list() if not rel.endswith(".zip"))
+    assert all(TOKEN not in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])

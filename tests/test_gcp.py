@@ -28,15 +28,6 @@ from records import mlflow_runs
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 
 
-@pytest.fixture(scope="session")
-def vm_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fake VMs' Python: a virtual environment over this one's packages, so what a startup script installs
-    (gymflow's wheel) lands there, as on a VM's image, and never in the environment the tests run in."""
-    folder = tmp_path_factory.mktemp("vm-image") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(folder)], check=True, timeout=300)
-    return folder / "bin"
-
-
 @pytest.fixture
 def compute(tmp_path: Path, gcs: str, vm_python: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCompute]:
     """The stand-in, with Application Default Credentials pointed at its metadata server."""
