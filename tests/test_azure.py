@@ -152,3 +152,37 @@ def test_all_six_phases_in_jobs_and_a_preempted_job_is_resubmitted_resuming_to_e
     assert TOKEN not in said and all(TOKEN not in j.log.read_text() for j in jobs)
     assert all(TOKEN.encode() not in store.read_bytes(rel) for rel in store.list() if not rel.endswith(".zip"))
     assert all(TOKEN not in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "message"), [
+    ("quota", "backend.vm_size: no quota for Standard_ND96asr_v4 (dedicated) in workspace 'gymflow-ws' (resource group "
+              "'gymflow-rg', subscription 00000000-0000-0000-0000-0000000000aa): Operation could not be completed as it "
+              "results in exceeding approved Standard_ND96asr_v4 Family Cores quota. Location: eastus. (QuotaExceeded) "
+              "Request a quota increase for its VM family (Azure portal: Azure Machine Learning > Quotas), or choose "
+              "another vm_size or tier"),
+    ("credentials", "backend: no Azure credentials found. Run `az login` (or set AZURE_CLIENT_ID, AZURE_TENANT_ID and "
+                    "AZURE_CLIENT_SECRET for a service principal, or run where a managed identity is assigned), or name "
+                    "a Prefect AzureMlCredentials block in backend.credentials_block"),
+    ("workspace", "backend.workspace: workspace 'elsewhere' (resource group 'gymflow-rg', subscription "
+                  "00000000-0000-0000-0000-0000000000aa) was not found: check backend.subscription_id, resource_group and "
+                  "workspace (`az ml workspace list -g GROUP`)"),
+])
+def test_what_the_user_must_fix_exits_2_with_one_message_and_creates_nothing(
+        aml: FakeAzureML, az_bucket: str, run_stack: Stack, write_spec: Any, tmp_path: Path, case: str, message: str) -> None:
+    env = _run_env(aml, tmp_path)
+    settings: dict[str, Any] = {}
+    if case == "quota":
+        aml.no_quota.add("Standard_ND96asr_v4")
+        settings["vm_size"] = "Standard_ND96asr_v4"
+    elif case == "credentials":
+        env["IDENTITY_HEADER"] = "not-this-host"  # the managed identity refuses: no other credential is on this machine
+    else:
+        settings["workspace"] = "elsewhere"
+    done = run_stack.gymflow("run", str(write_spec(_spec(az_bucket, **settings))), env=env)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert [line for line in said.splitlines() if line.startswith("refused:")] == [f"refused: {message}"], said
+    assert all(message in line for line in said.splitlines() if "ERROR" in line), said  # no other error
+    assert "Traceback" not in said
+    assert aml.computes == {} and aml.jobs == {}

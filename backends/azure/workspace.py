@@ -79,8 +79,10 @@ class Workspace:
             from azure.ai.ml import MLClient
         except ImportError:
             raise MissingExtraError("azure-ai-ml", "azure", "The azure backend") from None
-        for noisy in ("azure.identity", "azure.core.pipeline.policies.http_logging_policy"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)  # a line per token and request at INFO
+        # a line per token and request at INFO; and DefaultAzureCredential's warning that lists every credential it
+        # tried would repeat the one message a user gets (NO_CREDENTIALS)
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
         self.name = str(name)
         self.where = f"workspace {name!r} (resource group {group!r}, subscription {subscription})"
         self.ml = MLClient(credential(settings.credentials_block), subscription, group, name)
@@ -92,8 +94,10 @@ class Workspace:
         try:
             return fn()
         except aexc.ClientAuthenticationError as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{NO_CREDENTIALS} ({detail[:300]})") from None
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            if not detail or detail.startswith("DefaultAzureCredential failed"):  # says nothing the message does not
+                raise UserError(NO_CREDENTIALS) from None
+            raise UserError(f"{NO_CREDENTIALS} (Azure said: {detail[:300]})") from None
         except aexc.ResourceNotFoundError as exc:
             if "/workspaces/" in str(exc) or "workspace" in str(exc).lower() and "compute" not in str(exc).lower():
                 raise UserError(f"backend.workspace: {self.where} was not found: check backend.subscription_id, "
