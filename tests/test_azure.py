@@ -186,3 +186,38 @@ def test_what_the_user_must_fix_exits_2_with_one_message_and_creates_nothing(
     assert all(message in line for line in said.splitlines() if "ERROR" in line), said  # no other error
     assert "Traceback" not in said
     assert aml.computes == {} and aml.jobs == {}
+
+
+@pytest.mark.slow
+def test_cancelling_the_flow_run_in_prefect_stops_the_worker_with_a_checkpoint_and_cancels_the_job(
+        aml: FakeAzureML, az_bucket: str, run_stack: Stack, write_spec: Any, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    from records import flow_runs
+
+    spec = _spec(az_bucket)
+    spec.update(budget={"timesteps": 500_000}, checkpoint={"every_timesteps": 100_000})
+    resolved = config.resolve(spec)
+    store = open_run(resolved.storage)
+    proc = run_stack.start_gymflow("run", str(write_spec(spec)), env=_run_env(aml, tmp_path))
+    try:
+        deadline = time.monotonic() + 300
+        while not (store.exists("status.json") and store.read_json("status.json").get("state") == "running"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        (flow,) = flow_runs(run_stack, resolved.storage)
+        with temporary_settings(updates={PREFECT_API_URL: run_stack.api_url}):
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow.id, Cancelling(), force=True)  # the Prefect UI's Cancel
+        said = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (flow,) = flow_runs(run_stack, resolved.storage)
+    assert flow.state.type.value == "CANCELLED", said
+    status = store.read_json("status.json")
+    assert status["state"] == "interrupted" and 0 < status["timesteps"] < 500_000, status  # stopped early, on purpose
+    assert store.list("checkpoints/"), "the worker did not checkpoint on its way out"
+    assert [j.status for j in aml.jobs.values()] == ["Canceled"] and aml.active() == []
