@@ -147,6 +147,11 @@ class Backend(ABC):
         """Ask a running worker phase to stop (it checkpoints first); idempotent."""
         self._stop(handle, phase)
 
+    def capacity(self) -> int | None:
+        """How many trials this backend's settings let run at once (a cluster's nodes); None: no limit of its own.
+        A sweep runs no more than that at once unless its max_parallel says otherwise."""
+        return None
+
     def max_replacements(self) -> int:
         """How many times a trial's machine may be replaced when it is lost under a running worker (0: never)."""
         return 0

@@ -216,7 +216,7 @@ def sweep(spec: Spec | None = None, spec_file: str | None = None, overrides: lis
     # max_parallel says otherwise; local Dask worker processes would only add start-up time
     remote = bool(todo) and backends.resolve(todo[0].backend.kind).features.remote
     runner = runner or ("threads" if remote and not address else "dask")
-    workers = slots(len(todo), max_parallel, remote)
+    workers = slots(len(todo), max_parallel or (backends.create(todo[0]).capacity() if todo else None), remote)
     todo = for_local_slots(todo, workers, remote=bool(address))
     in_process = bool(todo) and (runner == "threads" or not address)  # threads, or our own cluster's in-process workers
     if in_process:

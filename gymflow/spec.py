@@ -326,7 +326,7 @@ class SweepSpec(_Model):
     random: RandomSearch | None = Field(None, description="Random search, crossed with the grid.")
     seeds: list[int] = Field(default_factory=list, description="Seeds, crossed with the rest (default: the spec's seed).")
     max_parallel: int | None = Field(None, ge=1, le=1024, description="Trials at once (default: the Dask workers' "
-                                     "count; all of them on a backend with a VM per trial).")
+                                     "count; all of them on a backend with a VM per trial; the cluster's max_nodes on azure).")
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster (or GYMFLOW_DASK_ADDRESS); default: a local cluster.")
 
     @field_validator("grid")

@@ -221,3 +221,24 @@ def test_cancelling_the_flow_run_in_prefect_stops_the_worker_with_a_checkpoint_a
     assert status["state"] == "interrupted" and 0 < status["timesteps"] < 500_000, status  # stopped early, on purpose
     assert store.list("checkpoints/"), "the worker did not checkpoint on its way out"
     assert [j.status for j in aml.jobs.values()] == ["Canceled"] and aml.active() == []
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_jobs_in_parallel_and_compares_them(aml: FakeAzureML, az_bucket: str, run_stack: Stack,
+                                                             write_spec: Any, tmp_path: Path) -> None:
+    """`gymflow sweep` with backend azure: four trials, four jobs at once (the cluster's max_nodes), compared."""
+    spec = _spec(az_bucket, max_nodes=4)
+    spec["sweep"] = {"seeds": [0, 1, 2, 3]}
+    done = run_stack.gymflow("sweep", str(write_spec(spec, "sweep.yaml")), env=_run_env(aml, tmp_path))
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert len(aml.jobs) == 4 and aml.peak == 4, said  # a job per trial, all at once
+    assert aml.active() == [], "a job outlived its trial"
+    assert "LocalCluster" not in said  # no local Dask cluster for trials that run in jobs
+    assert "experimental class" not in said  # azure-ai-ml's notes about its own classes are not the user's business
+    assert "best configuration: base" in said and "base: " in said  # compared
+    runs = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5  # the sweep's run and its four trials
+    runs_dir = open_run(f"{az_bucket}/runs")
+    statuses = [rel for rel in runs_dir.list() if rel.endswith("/status.json")]
+    assert len(statuses) == 4 and all(runs_dir.read_json(rel)["timesteps"] == 512 for rel in statuses)

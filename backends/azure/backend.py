@@ -91,6 +91,10 @@ class AzureBackend(Backend):
         if self.settings.gymflow_install == "wheel":
             handle.data["wheel"] = list(self._ship(handle.run_uri))
 
+    def capacity(self) -> int:
+        """One job per node: more would queue, their start-up grace running out while they wait."""
+        return self.settings.max_nodes
+
     def max_replacements(self) -> int:
         return self.settings.max_preemptions
 

@@ -83,6 +83,7 @@ class Workspace:
         # tried would repeat the one message a user gets (NO_CREDENTIALS)
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         logging.getLogger("azure.identity").setLevel(logging.ERROR)
+        logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)  # about the SDK's own classes
         self.name = str(name)
         self.where = f"workspace {name!r} (resource group {group!r}, subscription {subscription})"
         self.ml = MLClient(credential(settings.credentials_block), subscription, group, name)
