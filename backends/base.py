@@ -74,6 +74,7 @@ class Machine(BaseModel):
     run_uri: str
     age_s: float
     where: str = ""  # zone, cluster
+    removal: tuple[str, str] = ("delete", "deleted")  # what remove() does to it, and its past tense
 
 
 class Timing(BaseModel):

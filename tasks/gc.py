@@ -82,7 +82,8 @@ def machines(dry_run: bool, older_than_s: float, backend: Any) -> list[Orphan]:
         if not dry_run:
             backend.remove(machine)
         found.append(Orphan(machine.kind, machine.id, machine.trial_id, machine.run_uri, machine.age_s, reason,
-                            _done([(f"delete the {machine.kind}", f"{machine.kind} deleted")], dry_run)))
+                            _done([(f"{machine.removal[0]} the {machine.kind}", f"{machine.kind} {machine.removal[1]}")],
+                                  dry_run)))
     return found
 
 

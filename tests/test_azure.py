@@ -242,3 +242,36 @@ def test_a_sweep_runs_its_jobs_in_parallel_and_compares_them(aml: FakeAzureML, a
     runs_dir = open_run(f"{az_bucket}/runs")
     statuses = [rel for rel in runs_dir.list() if rel.endswith("/status.json")]
     assert len(statuses) == 4 and all(runs_dir.read_json(rel)["timesteps"] == 512 for rel in statuses)
+
+
+def test_gc_cancels_the_jobs_no_live_trial_owns_and_leaves_the_others(aml: FakeAzureML, az_bucket: str, write_spec: Any,
+                                                                      cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gymflow.cli import out
+    from gymflow.ownership import Lease
+
+    monkeypatch.setattr(out, "width", 500)  # the table's rows on one line each
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{write_spec(base_spec()).parent}/mlflow.db")
+    backend, _ = _backend(_spec(az_bucket))
+    live, dead = (config.resolve({**_spec(az_bucket), "seed": seed}) for seed in (0, 1))
+    lease = Lease.acquire(open_run(live.storage), live.trial_id or "")  # this process runs the first trial
+    dead_lease = Lease.acquire(open_run(dead.storage), dead.trial_id or "")
+    dead_lease.release()  # the second trial's orchestrator let go, but its job was left running
+    try:
+        handles = []
+        for spec in (live, dead):
+            handles.append(backend.provision(spec))
+            backend.setup(handles[-1], spec)
+            backend.launch(handles[-1], "train")
+        path = write_spec(_spec(az_bucket))
+        looked = cli("gc", "--backend", "azure", "--spec", str(path), "--dry-run")
+        assert looked.code == 0, looked.stdout + looked.stderr
+        assert "would cancel the job" in looked.stdout and len(aml.active()) == 2
+        done = cli("gc", "--backend", "azure", "--spec", str(path))
+        assert done.code == 0, done.stdout + done.stderr
+        assert "job cancelled" in done.stdout and "released" in done.stdout
+        assert [j.name for j in aml.active()] == [handles[0].data["job"]]
+    finally:
+        lease.release()
+        for handle in handles:
+            backend.teardown(handle)
+    assert aml.active() == []

@@ -193,7 +193,7 @@ class AzureBackend(Backend):
     def machines(self) -> list[Machine]:
         return [Machine(kind="job", id=j.name, trial_id=j.tags.get("gymflow-trial", ""),
                         run_uri=j.tags.get("gymflow-run-uri", ""), age_s=time.time() - j.created if j.created else 0.0,
-                        where=j.compute) for j in self.workspace.active()]
+                        where=j.compute, removal=("cancel", "cancelled")) for j in self.workspace.active()]
 
     def remove(self, machine: Machine) -> None:
         self.workspace.cancel(machine.id)
