@@ -275,3 +275,47 @@ def test_gc_cancels_the_jobs_no_live_trial_owns_and_leaves_the_others(aml: FakeA
         for handle in handles:
             backend.teardown(handle)
     assert aml.active() == []
+
+
+def test_validate_refuses_a_run_dir_outside_blob_storage(write_spec: Any, cli: Any) -> None:
+    spec = base_spec(backend={"kind": "azure"}, storage="/tmp/gymflow-runs/x")
+    result = cli("validate", str(write_spec(spec)))
+    said = result.stdout + result.stderr
+    assert result.code == 2, said
+    assert ("storage: backend azure keeps the run dir in blob storage, not '/tmp/gymflow-runs/x': set storage: "
+            "az://ACCOUNT/CONTAINER/PREFIX/${trial_id}") in " ".join(said.split())
+
+
+def test_validate_names_a_bad_azure_setting(write_spec: Any, cli: Any) -> None:
+    spec = base_spec(backend={"kind": "azure", "compute": "9 nodes", "job_timeout": "30s", "tags": {"gymflow": "x"}},
+                     storage="az://acct/runs/${trial_id}")
+    said = (lambda r: (r.code, r.stdout + r.stderr))(cli("validate", str(write_spec(spec))))
+    assert said[0] == 2, said
+    assert "backend.compute" in said[1] and "a compute name is 2 to 32 letters, digits and -, starting with a letter" in said[1]
+    assert "backend.job_timeout" in said[1] and "job_timeout must be between 1 minute and 90 days" in said[1]
+    assert "backend.tags" in said[1] and "gymflow* names are gymflow's" in said[1]
+
+
+def test_the_example_spec_validates_and_validate_estimates_what_it_costs(az_bucket: str, cli: Any) -> None:
+    result = cli("validate", str(ROOT / "examples" / "azure-cartpole-ppo.yaml"), "--set",
+                 f"storage={az_bucket}/runs/${{trial_id}}")
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.code == 0, said
+    # a low-priority Standard_F4s_v2 node ($0.169/h dedicated, a fifth of it): 6 h and 2 idle minutes, up to 1 + 3 jobs
+    assert ("cost: about $0.03 per hour of the trial's node (Standard_F4s_v2, low priority, stopped after 6h; resubmitted "
+            "up to 3 times if preempted); at most $0.82 if its job runs to its time limit [an estimate from list prices "
+            "for eastus as of 2026-11") in said
+
+
+def test_a_sweep_estimate_counts_the_nodes_at_once_and_names_an_unpriced_size() -> None:
+    from backends.azure import prices
+
+    trials = [config.resolve({**_spec("az://acct/c", vm_size="Standard_NC4as_T4_v3", max_nodes=2), "seed": s})
+              for s in range(3)]
+    (note,) = backends.create(trials[0]).notes(trials, None)
+    hourly = prices.SIZES["Standard_NC4as_T4_v3"]
+    assert note.startswith(f"cost: about {prices.money(hourly)} per node-hour (Standard_NC4as_T4_v3, stopped after 24h); "
+                           f"2 nodes at once: up to {prices.money(2 * hourly)} per hour; 3 trials: at most "
+                           f"{prices.money(3 * hourly * (24 + 120 / 3600))}"), note
+    odd = config.resolve(_spec("az://acct/c", vm_size="Standard_Q1"))
+    assert backends.create(odd).notes([odd], None) == [f"cost: no price on record for VM size Standard_Q1; see {prices.SOURCE}"]

@@ -74,6 +74,36 @@ class AzureBackend(Backend):
                                                        "use an N-series size such as Standard_NC4as_T4_v3"))
         return problems
 
+    def notes(self, trials: list[Spec], max_parallel: int | None) -> list[str]:
+        """What the trials' nodes cost: per hour, and at most (every job running until its job_timeout, and its node
+        idle until the cluster lets it go)."""
+        from backends.azure import prices
+        from backends.registry import settings_for
+
+        settings: list[AzureBackendSpec] = [settings_for(type(self), t) for t in trials]  # type: ignore[misc]
+        missing = sorted({s.vm_size for s in settings if s.vm_size not in prices.SIZES})
+        if missing:
+            return [f"cost: no price on record for VM size {', '.join(missing)}; see {prices.SOURCE}"]
+        hourly, ceiling, what = [], 0.0, set()
+        for s in settings:
+            low = s.tier == "low_priority"
+            per_hour = prices.hourly(s.vm_size, low) or 0.0
+            hourly.append(per_hour)
+            lives = 1 + (s.max_preemptions if low else 0)  # a preempted job's successor may run to the limit again
+            ceiling += per_hour * (s.timeout_s + s.idle_time_before_scale_down_s) / 3600 * lives
+            what.add(f"{s.vm_size}{', low priority' if low else ''}, stopped after {s.job_timeout}"
+                     f"{f'; resubmitted up to {s.max_preemptions} times if preempted' if low else ''}")
+        source = f"[an estimate from list prices for {prices.REGION} as of {prices.AS_OF}, shipped with gymflow; not a bill]"
+        kind = what.pop() if len(what) == 1 else f"{len(what)} configurations"
+        if len(trials) == 1:
+            return [f"cost: about {prices.money(hourly[0])} per hour of the trial's node ({kind}); at most "
+                    f"{prices.money(ceiling)} if its job runs to its time limit {source}"]
+        at_once = min(len(trials), max_parallel or settings[0].max_nodes)
+        busiest = sum(sorted(hourly, reverse=True)[:at_once])
+        return [f"cost: about {prices.money(sum(hourly) / len(hourly))} per node-hour ({kind}); {at_once} nodes at "
+                f"once: up to {prices.money(busiest)} per hour; {len(trials)} trials: at most {prices.money(ceiling)} "
+                f"if every job runs to its time limit {source}"]
+
     # -- phases --------------------------------------------------------------------------------
     def _plan(self, spec: Spec) -> Handle:
         return Handle(backend=self.name, trial_id=spec.trial_id or "", run_uri=spec.storage,

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backends.costs import money
+
+__all__ = ["hourly", "money", "Estimate"]
+
 AS_OF = "2026-11"
 REGION = "us-central1"
 SOURCE = "https://cloud.google.com/compute/vm-instance-pricing"
@@ -71,7 +75,3 @@ def hourly(machine_type: str, accelerator_type: str | None, accelerator_count: i
             return Estimate(None, f"accelerator type {accelerator_type!r}")
         total += ACCELERATORS[accelerator_type][pick] * accelerator_count
     return Estimate(total)
-
-
-def money(usd: float) -> str:
-    return f"${usd:,.2f}" if usd >= 0.01 else "<$0.01"
