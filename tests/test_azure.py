@@ -5,21 +5,17 @@ managed-identity endpoint), and each job run as a local process that runs the re
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import backends
 from conftest import base_spec
 from fake_azureml import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML
 from gymflow import config
-from gymflow.errors import UserError
 from gymflow.storage import open_run
 from prefect_stack import ROOT, Stack
 from records import mlflow_runs

@@ -31,7 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("prefect-stack")
     with prefect_stack(folder) as running:
         deployed = running.prefect("deploy", "--all")  # from the repository root, as a user does
-        assert "trial/nightly-cartpole" in deployed.stdout and "gc/gc-gcp" in deployed.stdout
+        assert "trial/nightly-cartpole" in deployed.stdout and "gc/gc-gcp" in deployed.stdout and "gc/gc-azure" in deployed.stdout
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         running.start_worker()
         yield running
