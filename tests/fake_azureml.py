@@ -73,6 +73,7 @@ class FakeAzureML:
         self.fail_next: list[int] = []  # status codes for the next API answers (429, 503)
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
         self.peak = 0  # the most jobs that ran at once
+        self.time_scale = 1.0  # seconds of the fake's clock per second of a job's limits.timeout
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
         self.ca_bundle = folder / "fake-azureml-cert.pem"
@@ -143,7 +144,7 @@ class FakeAzureML:
         threading.Thread(target=self._follow, args=(job,), daemon=True).start()
         timeout = _seconds(((props.get("limits") or {}).get("timeout")) or "")
         if timeout:
-            timer = threading.Timer(timeout, self._time_up, args=(job,))
+            timer = threading.Timer(timeout * self.time_scale, self._time_up, args=(job,))
             timer.daemon = True
             timer.start()
 

@@ -315,3 +315,61 @@ def test_a_sweep_estimate_counts_the_nodes_at_once_and_names_an_unpriced_size() 
                            f"{prices.money(3 * hourly * (24 + 120 / 3600))}"), note
     odd = config.resolve(_spec("az://acct/c", vm_size="Standard_Q1"))
     assert backends.create(odd).notes([odd], None) == [f"cost: no price on record for VM size Standard_Q1; see {prices.SOURCE}"]
+
+
+@pytest.mark.slow
+def test_a_killed_orchestrator_leaves_a_job_that_gc_finds_and_azure_ml_stops_at_its_timeout(
+        aml: FakeAzureML, az_bucket: str, run_stack: Stack, write_spec: Any, tmp_path: Path) -> None:
+    import psutil
+
+    aml.time_scale = 0.1  # the job's 300 s timeout runs out after 30 s here
+    spec = _spec(az_bucket, job_timeout=300)
+    spec.update(budget={"timesteps": 200_000})
+    path = write_spec(spec)
+    store = open_run(config.resolve(spec).storage)
+    env = _run_env(aml, tmp_path)
+    proc = run_stack.start_gymflow("run", str(path), env=env)
+    deadline = time.monotonic() + 120
+    while not (store.exists("status.json") and store.read_json("status.json").get("phase") == "train"):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # the laptop went to sleep: no teardown
+    proc.wait()
+    (job,) = aml.active()
+    assert job.body["properties"]["limits"]["timeout"] == "PT5M"
+    looked = run_stack.gymflow("gc", "--backend", "azure", "--spec", str(path), "--dry-run", timeout=300,
+                               env={**env, "COLUMNS": "2000"})
+    assert looked.returncode == 0 and "would cancel the job" in looked.stdout, looked.stdout + looked.stderr
+    assert aml.active() == [job]  # --dry-run cancels nothing
+    while aml.active():  # Azure ML itself stops the job when its time is up
+        assert time.time() - job.created < 60, "the job outlived its timeout"
+        time.sleep(0.5)
+    assert job.status == "Failed" and "timeout" in job.error
+    assert not [p for p in psutil.process_iter(["cmdline"]) if store.uri in " ".join(p.info["cmdline"] or [])]
+
+
+def test_429_and_503_are_retried(aml: FakeAzureML, az_bucket: str) -> None:
+    aml.fail_next = [429, 503]
+    backend, spec = _backend(_spec(az_bucket))
+    handle = backend.provision(spec)
+    assert aml.fail_next == [] and list(aml.computes) == ["gpu-cluster"]  # both refusals answered, then it went on
+    backend.teardown(handle)
+
+
+def test_polling_many_trials_costs_one_list_call_per_interval(aml: FakeAzureML, az_bucket: str) -> None:
+    backend, _ = _backend(_spec(az_bucket, poll_s=30))
+    handles = []
+    for seed in range(3):
+        spec = config.resolve({**_spec(az_bucket, poll_s=30), "seed": seed})
+        handles.append(backend.provision(spec))
+        backend.store(handles[-1]).write_json("spec.json", spec.model_dump(mode="json"))
+        backend.launch(handles[-1], "train")
+    try:
+        before = len(aml.requests)
+        for _ in range(5):  # five rounds of polling all three trials within one interval
+            assert all(backend.poll(h, "train").running for h in handles)
+        asked = aml.requests[before:]
+        assert [(m, p.rsplit("/", 1)[-1]) for m, p, _ in asked] == [("GET", "jobs")] * len(asked) and len(asked) <= 1
+    finally:
+        for handle in handles:
+            backend.teardown(handle)

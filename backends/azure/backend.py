@@ -155,7 +155,7 @@ class AzureBackend(Backend):
                       identity=ManagedIdentityConfiguration())
         started = time.monotonic()
         self.workspace.submit(job)
-        handle.data["submitted_at"] = time.monotonic()
+        handle.data.update(submitted_at=time.monotonic(), submitted_wall=time.time())
         logger.info("job %s submitted to %s (%s%s) in %.1f s", name, s.compute, s.vm_size,
                     ", low priority" if s.tier == "low_priority" else "", time.monotonic() - started)
 
@@ -200,6 +200,10 @@ class AzureBackend(Backend):
         if reported is not None and reported.state == "exited":
             return WorkerState(running=False, exit_code=reported.exit_code)
         why = f"job {name} ended {info.status if info else 'and is gone'}{f': {info.error}' if info and info.error else ''}"
+        if time.time() - float(handle.data.get("submitted_wall", 0.0)) >= self.settings.timeout_s:
+            return WorkerState(running=False, detail=f"{why} (it ran out of backend.job_timeout, "
+                                                     f"{self.settings.job_timeout})")
+        # ended under a running worker (or saying so): its node was reclaimed, and a new job resumes the phase
         preempted = reported is not None or "preempt" in (info.error if info else "").lower()
         return WorkerState(running=False, detail=why, lost=preempted)
 
