@@ -128,7 +128,8 @@ def run_phase(backend: Backend, handle: Handle, phase: Phase, spec: Spec, ctx: T
     except BaseException:
         backend.stop(handle, phase)  # never leave a worker running behind a failed or cancelled task
         raise
-    return _outcome(heartbeat.fresh(status), state.exit_code, phase, lambda: backend.output_hint(handle, phase))
+    return _outcome(heartbeat.fresh(status), state.exit_code, phase, lambda: backend.output_hint(handle, phase),
+                    state.detail)
 
 
 def _replace(backend: Backend, handle: Handle, phase: Phase, why: str, replaced: int, tracker: Tracker,
@@ -194,11 +195,13 @@ def _relay(log: Any, line: str) -> None:
         log.info("worker | %s", line)
 
 
-def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: Callable[[], str]) -> Status:
+def _outcome(status: Status | None, exit_code: int | None, phase: Phase, hint: Callable[[], str],
+             detail: str = "") -> Status:
     """The phase's final status, or the WorkerError that says why there is none (`hint`: where to look, asked for
-    only then: on a cloud backend it reads the machine's console)."""
+    only then: on a cloud backend it reads the machine's console; `detail`: what the backend saw end)."""
     if status is None:
-        raise WorkerError(f"the {phase} worker exited (code {exit_code}) without writing status.json; see {hint()}")
+        how = f"exited (code {exit_code})" if exit_code is not None else f"ended ({detail or 'no exit code'})"
+        raise WorkerError(f"the {phase} worker {how} without writing status.json; see {hint()}")
     if status.state == "failed":
         raise WorkerError(f"the {phase} worker failed: {status.error}")
     if exit_code is not None and exit_code < 0:

@@ -373,3 +373,17 @@ def test_polling_many_trials_costs_one_list_call_per_interval(aml: FakeAzureML, 
     finally:
         for handle in handles:
             backend.teardown(handle)
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_starts_fails_the_train_task_with_the_end_of_the_jobs_output(
+        aml: FakeAzureML, az_bucket: str, run_stack: Stack, write_spec: Any, tmp_path: Path) -> None:
+    spec = _spec(az_bucket, packages=["gymflow-no-such-package-anywhere==0.0.1"])
+    done = run_stack.gymflow("run", str(write_spec(spec)), env=_run_env(aml, tmp_path))
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert ("the train worker ended (job gf-" in said and "ended Failed: the job's command exited with code 1) without "
+            "writing status.json") in said
+    assert "the job's output ends:" in said
+    assert "gymflow-job: FAILED: pip could not install gymflow-no-such-package-anywhere==0.0.1" in said
+    assert [j.status for j in aml.jobs.values()] == ["Failed"]  # not resubmitted: its node was not reclaimed

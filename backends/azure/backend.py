@@ -233,6 +233,15 @@ class AzureBackend(Backend):
         self.workspace.cancel(machine.id)
 
     def output_hint(self, handle: Handle, phase: Phase) -> str:
+        from backends.azure.job import OUTPUT
+
         where = f"{handle.run_uri.rstrip('/')}/worker.log"
         name = handle.data.get("job")
-        return f"{where}; and the job {name}'s std_log.txt in Azure ML studio (Outputs + logs)" if name else where
+        if not name:
+            return where
+        try:
+            tail = self.store(handle).read_bytes(OUTPUT).decode(errors="replace").splitlines()[-30:]
+        except FileNotFoundError:
+            tail = []
+        studio = f"the job {name}'s std_log.txt in Azure ML studio (Outputs + logs)"
+        return f"{where} and {studio}; the job's output ends:\n" + "\n".join(tail) if tail else f"{where} and {studio}"
