@@ -5,6 +5,7 @@ managed-identity endpoint), and each job run as a local process that runs the re
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import backends
 from conftest import base_spec
 from fake_azureml import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE, FakeAzureML
 from gymflow import config
+from gymflow.errors import UserError
 from gymflow.storage import open_run
 from prefect_stack import ROOT, Stack
 from records import mlflow_runs
@@ -387,3 +389,25 @@ def test_a_worker_that_never_starts_fails_the_train_task_with_the_end_of_the_job
     assert "the job's output ends:" in said
     assert "gymflow-job: FAILED: pip could not install gymflow-no-such-package-anywhere==0.0.1" in said
     assert [j.status for j in aml.jobs.values()] == ["Failed"]  # not resubmitted: its node was not reclaimed
+
+
+def test_a_cluster_that_exists_is_used_as_it_is_and_never_deleted(aml: FakeAzureML, az_bucket: str) -> None:
+    from backends.azure import workspace
+
+    backend, spec = _backend(_spec(az_bucket, vm_size="Standard_NC24ads_A100_v4"))
+    workspace.Workspace(backend.settings).ensure_compute(backend.settings.model_copy(update={"vm_size": "Standard_F4s_v2"}))
+    before = dict(aml.computes)
+    handle = backend.provision(spec)
+    assert handle.data["compute_existed"] is True and aml.computes == before  # not changed to the spec's vm_size
+    assert len(aml.calls("PUT", r"/computes/")) == 1  # the one this test made
+    backend.teardown(handle)
+    assert aml.computes == before and not aml.calls("DELETE", r"/computes/")
+
+
+def test_a_credentials_block_without_prefect_azure_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.azure.workspace import credential
+
+    monkeypatch.setitem(sys.modules, "prefect_azure", None)  # not installed
+    with pytest.raises(UserError, match=r"backend.credentials_block: 'team-azure' needs prefect-azure \(pip install "
+                                        r"prefect-azure\)"):
+        credential("team-azure")
