@@ -604,3 +604,23 @@ def test_the_prefect_server_restarted_in_each_phase_leaves_no_vm(compute: FakeCo
     (flow,) = flow_runs(run_stack, resolved.storage)
     assert flow.state.type.value == "COMPLETED"
     assert task_runs(run_stack, flow.id) == {phase: ["COMPLETED"] for phase in phases}
+
+
+def test_a_container_image_on_a_vm_image_without_python_says_what_the_wheel_needs(tmp_path: Path) -> None:
+    """gymflow's wheel is downloaded on the VM (with its service account) before the container starts: that takes a
+    Python on the VM's image, and a VM image without one ends the startup saying so."""
+    import shutil
+
+    from backends.gcp import startup
+    from backends.gcp.settings import GcpBackendSpec
+
+    script = startup.script(GcpBackendSpec(project="p", container_image=IMAGE_IN_REGISTRY), "gs://b/runs/t", "t", "0",
+                            wheel=("gs://b/.gymflow/wheels/abc/g.whl", "g.whl", "abc"))
+    image = tmp_path / "bin"  # a VM image with Docker and coreutils, and no Python
+    image.mkdir()
+    (image / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (image / "docker").chmod(0o755)
+    (image / "mktemp").symlink_to(shutil.which("mktemp") or "/usr/bin/mktemp")
+    done = subprocess.run(["/bin/bash", "-c", script], env={"PATH": str(image)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout.strip() == "gymflow-startup: FAILED: no python3 on the VM image to download gymflow's wheel with"
