@@ -63,6 +63,7 @@ class FakeCompute:
         self.no_room: dict[str, str] = {}  # zone -> the operation error code a create there ends with
         self.fail_next: list[int] = []  # status codes for the next API answers (429, 503)
         self.deny_create = False  # the caller lacks compute.instances.create
+        self.stuck: set[str] = set()  # VMs whose deletion is accepted and never carried out
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
         self.peak = 0  # the most VMs that existed at once
         self.time_scale = 1.0  # seconds of the fake's clock per second of the VMs' maxRunDuration
@@ -204,6 +205,8 @@ class FakeCompute:
                     text = vm.serial.read_text(errors="replace") if vm.serial.exists() else ""
                     return 200, {"kind": "compute#serialPortOutput", "contents": text, "start": "0", "next": str(len(text))}
                 if method == "DELETE":
+                    if name in self.stuck:
+                        return 200, self._operation(project, zone, "delete", name)
                     self._kill(vm)
                     del self.vms[(project, zone, name)]
                     return 200, self._operation(project, zone, "delete", name)

@@ -624,3 +624,20 @@ def test_a_container_image_on_a_vm_image_without_python_says_what_the_wheel_need
     done = subprocess.run(["/bin/bash", "-c", script], env={"PATH": str(image)}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stdout.strip() == "gymflow-startup: FAILED: no python3 on the VM image to download gymflow's wheel with"
+
+
+def test_a_vm_whose_deletion_never_happens_fails_the_teardown_saying_what_deletes_it(
+        compute: FakeCompute, gcs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.gcp import compute as gcp_compute
+
+    monkeypatch.setattr(gcp_compute, "OPERATION_TIMEOUT_S", 3.0)
+    backend, spec = _backend(_spec(gcs, compute))
+    handle = backend.provision(spec)
+    compute.stuck.add(handle.data["vm"])
+    with pytest.raises(Exception, match=rf"VM {handle.data['vm']} in us-central1-a still exists 3 s after its deletion was "
+                                        r"accepted; `gymflow gc --backend gcp` deletes it later, and its max_run_duration "
+                                        r"at the latest"):
+        backend.teardown(handle)
+    compute.stuck.clear()
+    backend.teardown(handle)  # the next teardown (a retry of the task, gc) finishes it
+    assert compute.vms == {}

@@ -193,7 +193,9 @@ class Compute:
         deadline = time.monotonic() + OPERATION_TIMEOUT_S
         while self.get(zone, name) is not None:
             if time.monotonic() > deadline:
-                raise TransientBackendError(f"VM {name} in {zone} still exists {OPERATION_TIMEOUT_S:.0f} s after its deletion")
+                raise TransientBackendError(f"VM {name} in {zone} still exists {OPERATION_TIMEOUT_S:.0f} s after its deletion "
+                                            "was accepted; `gymflow gc --backend gcp` deletes it later, and its "
+                                            "max_run_duration at the latest")
             time.sleep(2.0)
         return True
 
