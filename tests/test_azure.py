@@ -411,3 +411,16 @@ def test_a_credentials_block_without_prefect_azure_names_the_package(monkeypatch
     with pytest.raises(UserError, match=r"backend.credentials_block: 'team-azure' needs prefect-azure \(pip install "
                                         r"prefect-azure\)"):
         credential("team-azure")
+
+
+def test_a_registered_environment_is_named_in_the_job_and_nothing_is_uploaded_for_it(aml: FakeAzureML, az_bucket: str) -> None:
+    backend, spec = _backend(_spec(az_bucket, environment="azureml:gymflow-env:3"))
+    handle = backend.provision(spec)
+    try:
+        backend.setup(handle, spec)
+        backend.launch(handle, "train")
+        (job,) = aml.calls("PUT", r"/jobs/[^/]+$")
+        assert job is not None and job["properties"]["environmentId"].endswith("/environments/gymflow-env/versions/3")
+        assert aml.calls("PUT", r"/environments/") == []
+    finally:
+        backend.teardown(handle)
