@@ -16,6 +16,7 @@ VECNORM_FILE = "vecnormalize.pkl"
 LOG_FILE = "worker.log"
 CURVE_FILE = "learning_curve.png"
 TRAIN_METRICS = "metrics/train.jsonl"
+EPISODE_METRICS = "metrics/episodes.jsonl"  # each training episode: its return, length and drawn scenario
 EVAL_METRICS = "metrics/eval.jsonl"
 TRACKING_FILE = "tracking.json"
 MODEL_INFO_FILE = "model.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +96,29 @@ def test_scenario_options_are_drawn_per_episode_and_reproducible() -> None:
     assert env.unwrapped.seen_options[-1] == infos[-1]  # the env received the drawn options
     again = make_single_env(spec, seed=5)
     assert [again.reset()[1]["scenario"] for _ in range(20)] == infos
+
+
+def test_each_training_episode_records_the_scenario_it_was_drawn_with(make_run: Any) -> None:
+    """The CSTR example's lesson: the reference and the noise drawn per episode go to metrics/episodes.jsonl, inside
+    their ranges and different from episode to episode and seed to seed; their means reach the training metrics."""
+    from gymflow.runtime.metrics import read_jsonl
+
+    lesson = {"cref": {"min": 0.8, "max": 0.92}, "noise": {"values": [0.0, 2.0]}}
+    drawn = []
+    for seed in (0, 1):
+        spec = base_spec(env={"id": "examples.cstr:CSTREnv", "n_envs": 2, "kwargs": {"minutes": 2.0}, "scenario": lesson},
+                         algorithm={"name": "ppo", "hyperparams": {"n_steps": 64, "batch_size": 64, "n_epochs": 1}},
+                         budget={"timesteps": 512}, seed=seed)
+        store = make_run(spec)
+        assert worker.train(store) == "completed"
+        episodes = [json.loads(line) for line in store.read_bytes("metrics/episodes.jsonl").decode().splitlines()]
+        assert len(episodes) >= 10 and all(e["length"] == 20 and e["return"] is not None for e in episodes)
+        crefs = [e["scenario"]["cref"] for e in episodes]
+        assert all(0.8 <= c <= 0.92 for c in crefs) and len(set(crefs)) == len(crefs)
+        assert {e["scenario"]["noise"] for e in episodes} == {0.0, 2.0}
+        assert any("scenario/cref" in r for r in read_jsonl(store.fetch("metrics/train.jsonl")))
+        drawn.append(crefs)
+    assert not set(drawn[0]) & set(drawn[1])  # another seed, other draws
 
 
 def test_wrappers_are_applied_with_their_kwargs() -> None:

@@ -5,6 +5,7 @@ Each does O(1) work per step; anything heavier happens only when an interval is 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -72,6 +73,42 @@ class BudgetCallback(BaseCallback):
             return False
         if self.max_episodes is not None and self.progress.episodes >= self.max_episodes:
             return False
+        return True
+
+
+class ScenarioRecorder(BaseCallback):
+    """What each training episode was drawn with (env.scenario): one JSON line per finished episode in `out`
+    (timesteps, return, length, the drawn values), and the mean of each numeric value over the episodes since the
+    last log dump as `scenario/NAME` in the training metrics (so MLflow shows what the agent trained on)."""
+
+    def __init__(self, out: Any) -> None:
+        super().__init__()
+        self.out = out
+        self.current: list[dict[str, Any]] = []
+
+    def _drawn(self, index: int) -> dict[str, Any]:
+        infos = getattr(self.training_env, "reset_infos", None) or []
+        return dict(infos[index].get("scenario") or {}) if index < len(infos) else {}
+
+    def _on_training_start(self) -> None:
+        self.current = [self._drawn(i) for i in range(self.training_env.num_envs)]
+
+    def _on_step(self) -> bool:
+        dones, infos = self.locals.get("dones"), self.locals.get("infos") or []
+        if dones is None:
+            return True
+        for index in np.flatnonzero(dones):
+            drawn = self.current[index] if index < len(self.current) else {}
+            episode = (infos[index] if index < len(infos) else {}).get("episode") or {}
+            record = {"timesteps": int(self.num_timesteps), "return": episode.get("r"), "length": episode.get("l"),
+                      "scenario": drawn}
+            self.out.write(json.dumps(record, default=str) + "\n")
+            for name, value in drawn.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.logger.record_mean(f"scenario/{name}", float(value))
+            if index < len(self.current):
+                self.current[index] = self._drawn(int(index))  # the episode the env reset into
+        self.out.flush()
         return True
 
 

@@ -22,10 +22,13 @@ class ScenarioWrapper(gym.Wrapper):
     reported in ``info["scenario"]``.
     """
 
-    def __init__(self, env: gym.Env, params: dict[str, UniformRange | Choice], seed: int) -> None:
+    def __init__(self, env: gym.Env, params: dict[str, UniformRange | Choice], seed: int, index: int = 0) -> None:
         super().__init__(env)
         self._params = params
-        self._rng = np.random.default_rng(seed)
+        # the trial's seed and the env's index both seed the draws: a vectorised env's i-th env is reset with seed
+        # + i, which the next seed's trial uses too, and its lessons must not be the same
+        self._stream = (seed - index, index)
+        self._rng = np.random.default_rng([*self._stream, seed])
 
     def draw(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -38,7 +41,7 @@ class ScenarioWrapper(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self._rng = np.random.default_rng([*self._stream, seed])
         drawn = self.draw()
         obs, info = self.env.reset(seed=seed, options={**drawn, **(options or {})})
         return obs, {**info, "scenario": drawn}
@@ -56,8 +59,9 @@ def _entry_point_id(env_id: str) -> str:
     return registered
 
 
-def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False) -> gym.Env:
-    """One env: made, scenario-randomised, monitored when asked, wrapped as the spec says."""
+def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False, index: int = 0) -> gym.Env:
+    """One env (the index-th of a vectorised env seeded with seed - index): made, scenario-randomised, monitored when
+    asked, wrapped as the spec says."""
     from gymflow.imports import import_object
 
     env_id = _entry_point_id(spec.id) if ENTRY_POINT_RE.match(spec.id) else spec.id
@@ -66,7 +70,7 @@ def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False) -> gym.Env:
         make_kwargs["max_episode_steps"] = spec.max_episode_steps
     env = gym.make(env_id, **make_kwargs)
     if spec.scenario:
-        env = ScenarioWrapper(env, dict(spec.scenario), seed)
+        env = ScenarioWrapper(env, dict(spec.scenario), seed, index)
     if monitor:
         from stable_baselines3.common.monitor import Monitor
 
@@ -77,9 +81,9 @@ def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False) -> gym.Env:
     return env
 
 
-def _env_fn(spec: EnvSpec, seed: int) -> Callable[[], gym.Env]:
+def _env_fn(spec: EnvSpec, seed: int, index: int) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
-        return make_single_env(spec, seed, monitor=True)
+        return make_single_env(spec, seed, monitor=True, index=index)
 
     return make
 
@@ -92,7 +96,7 @@ def build_vec_env(spec: EnvSpec, seed: int, n_envs: int, training: bool, gamma: 
     """
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
-    fns = [_env_fn(spec, seed + i) for i in range(n_envs)]
+    fns = [_env_fn(spec, seed + i, i) for i in range(n_envs)]
     use_subproc = spec.vectorization == "subprocess" and training and n_envs > 1
     venv: Any = SubprocVecEnv(fns) if use_subproc else DummyVecEnv(fns)
     venv.seed(seed)

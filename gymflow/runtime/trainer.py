@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from gymflow.errors import RunDirError
-from gymflow.results import (EVAL_METRICS, MODEL_FILE, MODEL_INFO_FILE, SPEC_FILE, TRAIN_METRICS, VECNORM_FILE, EvalReport,
-                             ModelInfo)
+from gymflow.results import (EPISODE_METRICS, EVAL_METRICS, MODEL_FILE, MODEL_INFO_FILE, SPEC_FILE, TRAIN_METRICS,
+                             VECNORM_FILE, EvalReport, ModelInfo)
 from gymflow.runtime import checkpoints
-from gymflow.runtime.callbacks import BudgetCallback, IntervalCallback, PeriodicEvaluation, Progress
+from gymflow.runtime.callbacks import (BudgetCallback, IntervalCallback, PeriodicEvaluation, Progress,
+                                       ScenarioRecorder)
 from gymflow.runtime.status import StatusFile
 from gymflow.spec import Spec
 from gymflow.storage import RunStore
@@ -147,6 +148,9 @@ class Trainer:
         train_metrics = JsonlMetrics(self.store.open_log(TRAIN_METRICS), self.resumed_from)
         model.set_logger(Logger(folder=None, output_formats=[Sb3JsonlWriter(train_metrics)]))
         callbacks: list[Any] = [BudgetCallback(self.progress, budget.timesteps, budget.episodes, self._report)]
+        episodes = self.store.open_log(EPISODE_METRICS).open("a", encoding="utf-8") if spec.env.scenario else None
+        if episodes is not None:
+            callbacks.append(ScenarioRecorder(episodes))
         evaluation = self._periodic_evaluation(model)
         if evaluation is not None:  # before the checkpoint, so the checkpoint records the evaluation
             callbacks.append(IntervalCallback(spec.evaluation.every_timesteps or 1, evaluation))
@@ -157,6 +161,8 @@ class Trainer:
             model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=False, progress_bar=False)
         finally:
             train_metrics.close()
+            if episodes is not None:
+                episodes.close()
         elapsed = time.perf_counter() - started
         logger.info("trained %d timesteps in %.1f s (%.0f steps/s), peak memory %.0f MB", model.num_timesteps - done, elapsed,
                     (model.num_timesteps - done) / max(elapsed, 1e-9), peak_rss_mb())
