@@ -243,11 +243,14 @@ def _check_env_id(env_id: str) -> str | None:
             return None
         return (f"{env_id!r} is not a gymnasium.Env subclass; give an env class, or register a factory with "
                 "gymnasium.register in that module and use 'module:EnvId'")
-    if env_id in gymnasium.envs.registry:
+    from gymflow.runtime.envs import registered
+
+    if registered(env_id):  # gymnasium's own, or one an installed package registers through an entry point
         return None
     close = get_close_matches(env_id, list(gymnasium.envs.registry), n=3, cutoff=0.6)
     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"environment {env_id!r} is not registered in gymnasium.{hint} For your own env use 'package.module:Class'"
+    return (f"environment {env_id!r} is not registered in gymnasium.{hint} For your own env use 'package.module:Class', "
+            "or install a package that registers it (entry point group gymnasium.envs)")
 
 
 def check_algorithm(algo: AlgorithmSpec) -> list[Problem]:
@@ -291,6 +294,25 @@ def check_spaces(env: EnvSpec, algo: AlgorithmSpec) -> list[Problem]:
         if space not in supported:
             names = ", ".join(supported)
             return [Problem("algorithm.name", f"{algo.name} supports {names} action spaces; {env.id} has {space}. Pick another algorithm")]
-        return []
+        return check_scenario(env, instance)
     finally:
         instance.close()
+
+
+def check_scenario(env: EnvSpec, instance: Any) -> list[Problem]:
+    """Each env.scenario option is one the env's reset takes: among those it declares in
+    metadata["reset_options"], else its reset with drawn values must not raise."""
+    if not env.scenario:
+        return []
+    declared = instance.unwrapped.metadata.get("reset_options")
+    name = type(instance.unwrapped).__name__
+    if declared is not None:
+        return [Problem(f"env.scenario.{key}", f"{name}.reset does not take the option {key!r}; it takes "
+                                                f"{', '.join(map(str, declared)) or 'none'}. Rename or remove it")
+                for key in env.scenario if key not in declared]
+    try:
+        instance.reset(seed=0)  # the scenario wrapper draws every option and hands them to the env's reset
+    except Exception as exc:  # noqa: BLE001 - whatever the simulator raised is the user's to see
+        return [Problem("env.scenario", f"{name}.reset refused the options {', '.join(env.scenario)} drawn from the "
+                                        f"scenario: {type(exc).__name__}: {exc}. Name only options its reset takes")]
+    return []

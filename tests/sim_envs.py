@@ -67,3 +67,13 @@ class ScaleReward(gym.RewardWrapper):
 
     def reward(self, reward: float) -> float:
         return reward * self.scale
+
+
+class StrictOptionEnv(OptionEnv):
+    """OptionEnv whose reset refuses options it does not know, without declaring which it takes."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        unknown = sorted(set(options or {}) - {"target", "mode"})
+        if unknown:
+            raise KeyError(f"no such option: {', '.join(unknown)}")
+        return super().reset(seed=seed, options=options)

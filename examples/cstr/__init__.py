@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["CSTREnv", "derivatives", "simulate", "STEADY_300K"]
+__all__ = ["CSTREnv", "ENV_ID", "STEADY_300K", "derivatives", "register", "simulate"]
 
 # The benchmark parameters
 Q = 100.0  # feed flow, L/min
@@ -131,3 +131,14 @@ class CSTREnv(gym.Env[np.ndarray, np.ndarray]):
         t = t if math.isfinite(t) else self.runaway_k
         obs = [(ca - 0.5) / 0.5, (t - 350.0) / 50.0, (self.cref - 0.5) / 0.5, (ca - self.cref) / 0.5]
         return np.clip(np.asarray(obs, dtype=np.float32), -5.0, 5.0)
+
+
+ENV_ID = "gymflow-examples/CSTR-v0"
+
+
+def register() -> None:
+    """Register the env with gymnasium as ENV_ID: what a package of yours points its `gymnasium.envs` entry point
+    at (pyproject.toml: [project.entry-points."gymnasium.envs"] cstr = "examples.cstr:register"), so a spec can
+    say `env.id: gymflow-examples/CSTR-v0` once the package is installed."""
+    if ENV_ID not in gym.envs.registry:
+        gym.register(id=ENV_ID, entry_point="examples.cstr:CSTREnv")

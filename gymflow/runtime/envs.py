@@ -13,6 +13,37 @@ import numpy as np
 from gymflow.spec import ENTRY_POINT_RE, Choice, EnvSpec, NormalizeSpec, UniformRange
 
 _REGISTERED_PREFIX = "gymflow"
+PLUGIN_GROUPS = ("gymnasium.envs", "gymflow.envs")  # entry points that register a package's envs with gymnasium
+_plugins_loaded = False
+
+
+def load_env_plugins() -> None:
+    """Let installed packages register their gymnasium ids: each entry point of PLUGIN_GROUPS is loaded (a module
+    that registers on import, or a function, which is called). Once per process; a plugin that fails is logged and
+    skipped (its ids then stay unknown, and validation says so)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import logging
+    from importlib.metadata import entry_points
+
+    for group in PLUGIN_GROUPS:
+        for point in entry_points(group=group):
+            try:
+                loaded = point.load()
+                if callable(loaded):
+                    loaded()
+            except Exception:  # noqa: BLE001 - one broken plugin must not hide the others
+                logging.getLogger(__name__).warning("env plugin %s (%s) failed to load", point.name, point.value,
+                                                    exc_info=True)
+
+
+def registered(env_id: str) -> bool:
+    """Whether gymnasium knows env_id, after installed packages had their say (load_env_plugins)."""
+    if env_id not in gym.envs.registry:
+        load_env_plugins()
+    return env_id in gym.envs.registry
 
 
 class ScenarioWrapper(gym.Wrapper):
@@ -65,6 +96,7 @@ def make_single_env(spec: EnvSpec, seed: int, monitor: bool = False, index: int 
     from gymflow.imports import import_object
 
     env_id = _entry_point_id(spec.id) if ENTRY_POINT_RE.match(spec.id) else spec.id
+    registered(env_id)  # an id a package registers through an entry point
     make_kwargs: dict[str, Any] = dict(spec.kwargs)
     if spec.max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = spec.max_episode_steps
