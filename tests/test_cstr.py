@@ -62,3 +62,17 @@ def test_an_id_a_package_registers_through_an_entry_point_works_by_id(make_run: 
     store = make_run(spec)
     assert worker.train(store) == "completed"
     assert store.read_json("status.json")["timesteps"] == 256
+
+
+def test_the_cloud_specs_are_the_local_experiment_with_only_backend_and_storage_changed(gcs: str, az_bucket: str,
+                                                                                      cli: Any) -> None:
+    import yaml
+
+    local = yaml.safe_load((ROOT / "examples" / "cstr-sac.yaml").read_text())
+    for kind, bucket in (("gcp", gcs), ("azure", az_bucket)):
+        cloud = yaml.safe_load((ROOT / "examples" / f"cstr-{kind}.yaml").read_text())
+        assert {k: v for k, v in cloud.items() if k not in ("backend", "storage")} == \
+            {k: v for k, v in local.items() if k not in ("backend", "storage")}
+        assert cloud["backend"]["kind"] == kind
+        result = cli("validate", str(ROOT / "examples" / f"cstr-{kind}.yaml"), "--set", f"storage={bucket}/runs/${{trial_id}}")
+        assert result.code == 0, result.stdout + result.stderr
