@@ -76,3 +76,23 @@ def test_the_cloud_specs_are_the_local_experiment_with_only_backend_and_storage_
         assert cloud["backend"]["kind"] == kind
         result = cli("validate", str(ROOT / "examples" / f"cstr-{kind}.yaml"), "--set", f"storage={bucket}/runs/${{trial_id}}")
         assert result.code == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_example_trains_to_beat_the_constant_coolant_baseline(run_stack: Any, tmp_path: Any) -> None:
+    """examples/cstr-sac.yaml as a user runs it (at half its budget, to keep the suite short): the agent's final
+    evaluation beats the constant-coolant baseline on the same lesson by more than the README's margin of 20."""
+    import json
+
+    from examples.cstr.baseline import constant_coolant
+
+    spec = str(ROOT / "examples" / "cstr-sac.yaml")
+    done = run_stack.gymflow("run", spec, "--set", "budget.timesteps=5000", "--set", f"storage={tmp_path}/run",
+                             env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+                                  "GYMFLOW_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    trained = json.loads((tmp_path / "run" / "eval.json").read_text())["mean_reward"]
+    baseline = sum(constant_coolant(spec, episodes=50)) / 50
+    assert trained > baseline + 20, (trained, baseline)
+    episodes = [json.loads(line) for line in (tmp_path / "run" / "metrics" / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) >= 50 and all(0.8 <= e["scenario"]["cref"] <= 0.92 for e in episodes)  # 100 steps at most each
