@@ -17,6 +17,7 @@ from typing import Any
 
 import backends
 from gymflow import config
+from gymflow.errors import GymflowError, clip
 from gymflow.ownership import read_owner, ttl
 from gymflow.spec import Spec
 from gymflow.storage import open_run
@@ -131,7 +132,11 @@ def _flow_runs(dry_run: bool, older_than_s: float, backend: str | None, handled:
             continue
         trial = backends.create(spec)
         handle = trial.plan(spec)
-        reason = _owner_gone(handle.run_uri, str(run.id))
+        try:
+            reason = _owner_gone(handle.run_uri, str(run.id))
+        except GymflowError as exc:  # its store is out of reach from here (credentials): judge the others
+            found.append(_unread("flow run", str(run.id), spec.trial_id or "", handle.run_uri, age, exc))
+            continue
         if reason is None:
             continue
         nobody = "taken over" not in reason
@@ -164,8 +169,12 @@ def _mlflow_runs(dry_run: bool, older_than_s: float, backend: str | None, tracki
         age = time.time() - run.info.start_time / 1000
         if age < older_than_s:
             continue
-        reason = _owner_gone(run_uri)
-        record = read_record(open_run(run_uri))
+        try:
+            reason = _owner_gone(run_uri)
+            record = read_record(open_run(run_uri))
+        except GymflowError as exc:
+            found.append(_unread("MLflow run", run.info.run_id, tags.get("gymflow.trial_id", ""), run_uri, age, exc))
+            continue
         if reason is None and record is not None and record.mlflow_run_id != run.info.run_id:
             reason = f"the trial's run is now {record.mlflow_run_id}"
         if reason is None:
@@ -175,6 +184,14 @@ def _mlflow_runs(dry_run: bool, older_than_s: float, backend: str | None, tracki
         found.append(Orphan("MLflow run", run.info.run_id, tags.get("gymflow.trial_id", ""), run_uri, age, reason,
                             _done([_FAIL], dry_run)))
     return found
+
+
+def _unread(kind: str, run_id: str, trial_id: str, run_uri: str, age: float, exc: Exception) -> Orphan:
+    """A run whose run dir this process cannot read (no credentials for its store here): left alone, saying why."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    logger.warning("gc: left %s %s alone: its run dir %s could not be read: %s", kind, run_id, run_uri, first)
+    return Orphan(kind, run_id, trial_id, run_uri, age, f"its run dir could not be read from here: {clip(first)}",
+                  "left alone: run gc where its store's credentials are")
 
 
 _CRASH = ("mark the flow run Crashed", "flow run marked Crashed")

@@ -348,6 +348,8 @@ def test_a_killed_orchestrator_leaves_a_job_that_gc_finds_and_azure_ml_stops_at_
         time.sleep(0.5)
     assert job.status == "Failed" and "timeout" in job.error
     assert not [p for p in psutil.process_iter(["cmdline"]) if store.uri in " ".join(p.info["cmdline"] or [])]
+    done = run_stack.gymflow("gc", "--backend", "azure", "--spec", str(path), timeout=300, env={**env, "COLUMNS": "2000"})
+    assert done.returncode == 0 and "flow run marked Crashed" in done.stdout, done.stdout + done.stderr  # records true
 
 
 def test_429_and_503_are_retried(aml: FakeAzureML, az_bucket: str) -> None:
@@ -424,3 +426,19 @@ def test_a_registered_environment_is_named_in_the_job_and_nothing_is_uploaded_fo
         assert aml.calls("PUT", r"/environments/") == []
     finally:
         backend.teardown(handle)
+
+
+def test_a_rerun_follows_the_job_its_dead_orchestrator_left_instead_of_starting_a_second_agent(
+        aml: FakeAzureML, az_bucket: str) -> None:
+    backend, spec = _backend(_spec(az_bucket))
+    first = backend.provision(spec)
+    backend.setup(first, spec)
+    backend.launch(first, "train")  # ... and the orchestrator dies here
+    again = backend.provision(spec)  # the rerun, holding the lease now
+    try:
+        assert again.data["job"] == first.data["job"] and len(aml.active()) == 1
+        backend.launch(again, "evaluate")
+        assert len(aml.jobs) == 1  # handed to the same job's agent
+    finally:
+        backend.teardown(again)
+    assert aml.active() == []

@@ -168,3 +168,22 @@ def test_gc_ends_the_records_of_a_dead_run_and_leaves_a_live_one_alone(stack: St
     finally:
         live.send_signal(signal.SIGINT)
         live.wait(120)
+
+
+def test_gc_leaves_a_run_whose_run_dir_it_cannot_read_alone_and_judges_the_others(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run dir out of reach from where gc runs (another cloud's store, no credentials here) is one row saying so,
+    not the end of gc."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks import gc as reaper
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("elsewhere")
+    run = client.create_run(experiment, tags={"gymflow.run_uri": "az://Not_An_Account/runs/t", "gymflow.trial_id": "t"})
+    found = reaper.collect(dry_run=True, prefect=False, tracking_uri=uri)
+    assert [(o.kind, o.id, o.action) for o in found] == [
+        ("MLflow run", run.info.run_id, "left alone: run gc where its store's credentials are")]
+    assert found[0].reason == ("its run dir could not be read from here: 'az://Not_An_Account/runs/t': 'Not_An_Account' is "
+                               "not a storage account name: 3-24 lowercase letters and digits (az://ACCOUNT/CONTAINER/PREFIX)")

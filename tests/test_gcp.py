@@ -457,6 +457,8 @@ def test_a_killed_orchestrator_leaves_a_vm_that_gc_finds_and_compute_engine_dele
         assert time.time() - vm.created < 60, "the VM outlived its maxRunDuration"
         time.sleep(0.5)
     assert vm.proc is not None and vm.proc.poll() is not None  # and the worker on it is gone
+    done = _gymflow({**env, "COLUMNS": "2000"}, "gc", "--backend", "gcp", "--spec", str(path), timeout=300)
+    assert done.returncode == 0 and "flow run marked Crashed" in done.stdout, done.stdout + done.stderr  # records true
 
 
 @pytest.mark.slow

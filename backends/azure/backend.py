@@ -115,7 +115,20 @@ class AzureBackend(Backend):
         workspace = self.workspace
         workspace.check()
         handle.data["compute_existed"] = workspace.ensure_compute(self.settings)
+        self._adopt(handle)
         return handle
+
+    def _adopt(self, handle: Handle) -> None:
+        """A job of this run dir still running (its orchestrator died; this run took the lease over) is this trial's
+        job again, as a VM is on gcp: two agents must never serve one run dir. Any other such job is cancelled."""
+        left = sorted((j for j in self.workspace.active() if j.tags.get("gymflow-run-uri") == handle.run_uri),
+                      key=lambda j: j.created)
+        for extra in left[:-1]:
+            self.workspace.cancel(extra.name)
+        if left:
+            handle.data.update(job=left[-1].name, jobs=[left[-1].name], submitted_at=time.monotonic(),
+                               submitted_wall=left[-1].created or time.time())
+            logger.info("job %s of this run dir still runs (its orchestrator was lost): following it", left[-1].name)
 
     def _setup(self, handle: Handle, spec: Spec) -> None:
         if self.settings.gymflow_install == "wheel":
