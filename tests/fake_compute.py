@@ -133,12 +133,25 @@ class FakeCompute:
 
     @staticmethod
     def _kill(vm: Vm) -> None:
+        """Everything the VM runs dies with it: the startup script's process group and whatever left it (the
+        agent starts each worker in a session of its own)."""
+        import psutil
+
         vm.status = "TERMINATED"
         if vm.proc is not None and vm.proc.poll() is None:
+            try:
+                tree = psutil.Process(vm.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
             try:
                 os.killpg(vm.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            for child in tree:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
             vm.proc.wait()
 
     # -- the API -----------------------------------------------------------------------------------
