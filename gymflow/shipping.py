@@ -12,6 +12,7 @@ import base64
 import hashlib
 import importlib.util
 import io
+import logging
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +22,8 @@ from pathlib import Path
 PACKAGES = ("gymflow", "backends", "tasks", "flows")
 BUILD_MODULE = "gymflow/_build.py"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,15 @@ def installed_build() -> str | None:
     except ImportError:
         return None
     return str(_build.BUILD)
+
+
+def upload(root: str) -> tuple[str, str, str]:
+    """This gymflow's wheel under ROOT/.gymflow/wheels/BUILD/ (a bucket or container; uploaded once per code
+    version, create-only): (its URI, its file name, the build), for a cloud machine to install."""
+    from gymflow.storage import open_run
+
+    built = wheel()
+    folder = f"{root.rstrip('/')}/.gymflow/wheels/{built.build}"
+    if open_run(folder).create_bytes(built.filename, built.data):
+        logger.info("gymflow's wheel uploaded to %s/%s", folder, built.filename)
+    return f"{folder}/{built.filename}", built.filename, built.build

@@ -174,16 +174,11 @@ class AzureBackend(Backend):
 
     @staticmethod
     def _ship(run_uri: str) -> tuple[str, str, str]:
-        """This gymflow's wheel next to the run dirs (uploaded once per code version): (URI, file name, build)."""
+        """This gymflow's wheel next to the run dirs (shipping.upload): (URI, file name, build)."""
         from gymflow import shipping
-        from gymflow.storage import open_run
 
-        wheel = shipping.wheel()
         account, container = run_uri[len("az://"):].split("/")[:2]
-        folder = f"az://{account}/{container}/.gymflow/wheels/{wheel.build}"
-        if open_run(folder).create_bytes(wheel.filename, wheel.data):
-            logger.info("gymflow's wheel uploaded to %s/%s", folder, wheel.filename)
-        return f"{folder}/{wheel.filename}", wheel.filename, wheel.build
+        return shipping.upload(f"az://{account}/{container}")
 
     def _status(self, handle: Handle) -> str | None:
         """The trial's current job's status while it is active; None once it has ended."""

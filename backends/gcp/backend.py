@@ -180,16 +180,11 @@ class GcpBackend(Backend):
 
     @staticmethod
     def _ship(run_uri: str) -> tuple[str, str, str]:
-        """This gymflow's wheel in the run dir's bucket (uploaded once per code version): (URI, file name, build)."""
+        """This gymflow's wheel next to the run dirs (shipping.upload): (URI, file name, build)."""
         from gymflow import shipping
-        from gymflow.storage import open_run
 
-        wheel = shipping.wheel()
         bucket = run_uri[len("gs://"):].split("/", 1)[0]
-        folder = f"gs://{bucket}/.gymflow/wheels/{wheel.build}"
-        if open_run(folder).create_bytes(wheel.filename, wheel.data):
-            logger.info("gymflow's wheel uploaded to %s/%s", folder, wheel.filename)
-        return f"{folder}/{wheel.filename}", wheel.filename, wheel.build
+        return shipping.upload(f"gs://{bucket}")
 
     def _instance(self, name: str, zone: str, labels: dict[str, str], metadata: dict[str, str]) -> Any:
         v1 = self.compute.v1
